@@ -1,0 +1,220 @@
+//! Configuration: one typed struct per concern, read once at start from flags and environment
+//! variables (clap), then passed down. Nothing deeper in the crate reads the environment.
+//!
+//! Every field has a default that works for local development on one machine, so
+//! `orchestrator worker` with no flags runs against `redis://127.0.0.1:6379` and the local Docker engine.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Where Redis lives and how the worker talks to it.
+#[derive(Debug, Clone, Args)]
+pub struct RedisConfig {
+    /// Redis URL; `rediss://` for TLS, `redis://:password@host:port/db` for a password.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Connections in the pool used for ordinary (non-blocking) commands.
+    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 16)]
+    pub redis_pool_size: usize,
+}
+
+/// Where the declared queues and task schemas live.
+#[derive(Debug, Clone, Args)]
+pub struct QueuesConfig {
+    /// Folder holding `queues.yml` and `schemas/<type>.json` (the portal's contract).
+    #[arg(long, env = "QUEUES_DIR", default_value = "queues")]
+    pub queues_dir: PathBuf,
+}
+
+/// How a worker process consumes.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerConfig {
+    /// Tasks run at once by this process.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: usize,
+
+    /// Name of this worker (default: hostname-pid-random); must be unique among live workers.
+    #[arg(long, env = "WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Seconds without a heartbeat after which a worker counts as dead and its tasks are recovered.
+    #[arg(long, env = "WORKER_LEASE_S", default_value_t = 15)]
+    pub lease_s: u64,
+
+    /// Seconds in-flight tasks get to finish after SIGTERM/SIGINT before they are put back.
+    #[arg(long, env = "SHUTDOWN_GRACE_S", default_value_t = 30)]
+    pub shutdown_grace_s: u64,
+
+    /// Largest task body accepted, in bytes; a larger one is dead-lettered unread.
+    #[arg(long, env = "MAX_TASK_BYTES", default_value_t = 1 << 20)]
+    pub max_task_bytes: usize,
+
+    /// Times a task may be recovered from dead workers before it is dead-lettered as a poison pill.
+    #[arg(long, env = "MAX_RECOVERIES", default_value_t = 3)]
+    pub max_recoveries: u32,
+
+    /// Address of the `/healthz` and `/metrics` endpoint; empty to disable.
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9184")]
+    pub metrics_addr: String,
+
+    /// Also serve the platform zone over DNS from this process (see `dns serve`).
+    #[arg(long, env = "EMBEDDED_DNS", default_value_t = false)]
+    pub embedded_dns: bool,
+
+    /// Run the certificate renewal scheduler in this process (one worker at a time schedules).
+    #[arg(long, env = "RENEWAL_SCHEDULER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub renewal_scheduler: bool,
+}
+
+impl WorkerConfig {
+    /// The heartbeat lease as a duration.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_s.max(2))
+    }
+}
+
+/// The platform: domain and the names Traefik knows.
+#[derive(Debug, Clone, Args)]
+pub struct PlatformConfig {
+    /// Platform domain; teams live at `<slug>.<domain>`.
+    #[arg(long, env = "DOMAIN", default_value = "localhost")]
+    pub domain: String,
+
+    /// Traefik entrypoint of the team routers.
+    #[arg(long, env = "TRAEFIK_ENTRYPOINT", default_value = "websecure")]
+    pub traefik_entrypoint: String,
+
+    /// Traefik certificate resolver named on the team routers.
+    #[arg(long, env = "TRAEFIK_CERTRESOLVER", default_value = "letsencrypt")]
+    pub traefik_certresolver: String,
+}
+
+/// The Docker engine and what team containers look like.
+#[derive(Debug, Clone, Args)]
+pub struct DockerConfig {
+    /// Docker engine address (`unix:///var/run/docker.sock`, `tcp://host:2375`); default: the local socket.
+    #[arg(long, env = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
+
+    /// Folder holding `team.yml` and `sandbox.yml`.
+    #[arg(long, env = "TEMPLATES_DIR", default_value = "templates")]
+    pub templates_dir: PathBuf,
+
+    /// `per-team` gives each team its own bridge network; `shared` puts every team on `SHARED_NETWORK`.
+    #[arg(long, env = "NETWORK_MODE", default_value = "per-team")]
+    pub network_mode: String,
+
+    /// The shared network of the platform (the reference's `kanban-network`).
+    #[arg(long, env = "SHARED_NETWORK", default_value = "kanban-network")]
+    pub shared_network: String,
+
+    /// Name of the ingress (Traefik) container, connected to every team network; empty for none.
+    #[arg(long, env = "INGRESS_CONTAINER", default_value = "traefik")]
+    pub ingress_container: String,
+
+    /// Seconds a provision waits for its containers to become healthy.
+    #[arg(long, env = "HEALTH_TIMEOUT_S", default_value_t = 60)]
+    pub health_timeout_s: u64,
+}
+
+/// The platform zone and the DNS servers that serve it.
+#[derive(Debug, Clone, Args)]
+pub struct DnsConfig {
+    /// The platform zone (default: the domain).
+    #[arg(long, env = "DNS_ZONE")]
+    pub dns_zone: Option<String>,
+
+    /// Address the apex, wildcard and team records point at (the ingress).
+    #[arg(long, env = "INGRESS_IP", default_value = "127.0.0.1")]
+    pub ingress_ip: String,
+
+    /// Folder the CoreDNS zone files are written to.
+    #[arg(long, env = "ZONES_DIR", default_value = "coredns/zones")]
+    pub zones_dir: PathBuf,
+
+    /// UDP and TCP address of the embedded authoritative server.
+    #[arg(long, env = "DNS_LISTEN", default_value = "127.0.0.1:5353")]
+    pub dns_listen: SocketAddr,
+}
+
+/// The ACME CA and where certificates are kept.
+#[derive(Debug, Clone, Args)]
+pub struct AcmeConfig {
+    /// ACME directory URL (default: Let's Encrypt staging).
+    #[arg(
+        long,
+        env = "ACME_DIRECTORY",
+        default_value = "https://acme-staging-v02.api.letsencrypt.org/directory"
+    )]
+    pub acme_directory: String,
+
+    /// Use Let's Encrypt production instead of the configured directory.
+    #[arg(long, env = "ACME_PRODUCTION", default_value_t = false)]
+    pub acme_production: bool,
+
+    /// Extra root CA (PEM) trusted for the ACME server's TLS, e.g. Pebble's.
+    #[arg(long, env = "ACME_CA_ROOT")]
+    pub acme_ca_root: Option<PathBuf>,
+
+    /// Contact e-mail of the ACME account.
+    #[arg(long, env = "ACME_EMAIL")]
+    pub acme_email: Option<String>,
+
+    /// File holding the ACME account credentials (written 0600).
+    #[arg(long, env = "ACME_ACCOUNT_FILE", default_value = "certs/account.json")]
+    pub acme_account_file: PathBuf,
+
+    /// Folder certificates are stored in, with Traefik's file-provider document.
+    #[arg(long, env = "CERTS_DIR", default_value = "certs")]
+    pub certs_dir: PathBuf,
+
+    /// Address of the built-in HTTP-01 responder; empty to disable.
+    #[arg(long, env = "HTTP01_LISTEN", default_value = "127.0.0.1:5002")]
+    pub http01_listen: String,
+
+    /// Renew a certificate this many days before it expires.
+    #[arg(long, env = "RENEW_BEFORE_DAYS", default_value_t = 30)]
+    pub renew_before_days: u64,
+}
+
+/// Everything a worker needs, grouped by concern.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub redis: RedisConfig,
+    #[command(flatten)]
+    pub queues: QueuesConfig,
+    #[command(flatten)]
+    pub worker: WorkerConfig,
+    #[command(flatten)]
+    pub platform: PlatformConfig,
+    #[command(flatten)]
+    pub docker: DockerConfig,
+    #[command(flatten)]
+    pub dns: DnsConfig,
+    #[command(flatten)]
+    pub acme: AcmeConfig,
+}
+
+impl DnsConfig {
+    /// The zone served, fully qualified with a trailing dot.
+    pub fn zone(&self, platform: &PlatformConfig) -> String {
+        let zone = self.dns_zone.as_deref().unwrap_or(&platform.domain);
+        format!("{}.", zone.trim_end_matches('.').to_ascii_lowercase())
+    }
+}
+
+impl AcmeConfig {
+    /// The directory URL actually used.
+    pub fn directory_url(&self) -> &str {
+        if self.acme_production {
+            "https://acme-v02.api.letsencrypt.org/directory"
+        } else {
+            &self.acme_directory
+        }
+    }
+}

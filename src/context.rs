@@ -1,0 +1,162 @@
+//! What a handler sees while it runs a task: the task, its progress reporting, cancellation, and the
+//! shared services. The worker builds one [`TaskContext`] per attempt.
+//!
+//! Handlers report each step with [`TaskContext::step`], which is also the cancellation point: a task
+//! cancelled by `orchestrator cancel`, by its timeout or by shutdown gets `Err(TaskError::Cancelled)`
+//! at its next step, and the handler undoes what it created on its way out.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde::de::DeserializeOwned;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::progress::{self, ResourceEvent, Update};
+use crate::services::Services;
+use crate::task::{Task, TaskError, TaskStatus};
+
+/// The context of one attempt of one task.
+pub struct TaskContext {
+    task: Task,
+    attempt: u32,
+    total_steps: u32,
+    step: AtomicU32,
+    worker: String,
+    cancel: CancellationToken,
+    /// Why the token was cancelled (user, timeout, shutdown), for the error message.
+    cancel_reason: Mutex<Option<String>>,
+    services: Arc<Services>,
+}
+
+impl TaskContext {
+    /// A context for `attempt` (1-based) of `task`, reporting `total_steps` steps.
+    pub fn new(
+        task: Task,
+        attempt: u32,
+        total_steps: u32,
+        worker: String,
+        services: Arc<Services>,
+    ) -> Self {
+        Self {
+            task,
+            attempt,
+            total_steps,
+            step: AtomicU32::new(0),
+            worker,
+            cancel: CancellationToken::new(),
+            cancel_reason: Mutex::new(None),
+            services,
+        }
+    }
+
+    /// The task being run.
+    pub fn task(&self) -> &Task {
+        &self.task
+    }
+
+    /// Which attempt this is, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The shared services (config, Redis, DNS, certificates).
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
+    /// The payload as the handler's typed arguments (already checked against the JSON Schema).
+    pub fn payload<T: DeserializeOwned>(&self) -> Result<T, TaskError> {
+        serde_json::from_value(self.task.payload.clone())
+            .map_err(|e| TaskError::Invalid(format!("payload: {e}")))
+    }
+
+    /// The step reached so far.
+    pub fn current_step(&self) -> u32 {
+        self.step.load(Ordering::Relaxed)
+    }
+
+    /// Steps this task reports in all.
+    pub fn total_steps(&self) -> u32 {
+        self.total_steps
+    }
+
+    /// Starts the next step: stops with `Cancelled` if the task was cancelled, otherwise records the
+    /// step and its message in the progress hash and on the task's channel.
+    pub async fn step(&self, message: impl AsRef<str>) -> Result<(), TaskError> {
+        self.checkpoint().await?;
+        let step = self.step.fetch_add(1, Ordering::Relaxed) + 1;
+        let cancel_requested = self.report(step, message.as_ref()).await?;
+        if cancel_requested {
+            self.cancel("cancelled by request").await;
+            return Err(self.cancelled_error().await);
+        }
+        Ok(())
+    }
+
+    /// Reports a message within the current step (e.g. "waiting for health: 2/3 healthy").
+    pub async fn note(&self, message: impl AsRef<str>) -> Result<(), TaskError> {
+        self.report(self.current_step(), message.as_ref()).await?;
+        Ok(())
+    }
+
+    /// Fails with `Cancelled` if the task was cancelled; otherwise does nothing.
+    pub async fn checkpoint(&self) -> Result<(), TaskError> {
+        if self.cancel.is_cancelled() {
+            return Err(self.cancelled_error().await);
+        }
+        Ok(())
+    }
+
+    /// Whether the task was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// A token that fires on cancellation, for waits that should end early.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Cancels the task with a reason; the handler sees it at its next step.
+    pub async fn cancel(&self, reason: &str) {
+        let mut slot = self.cancel_reason.lock().await;
+        if slot.is_none() {
+            *slot = Some(reason.to_string());
+        }
+        self.cancel.cancel();
+    }
+
+    async fn cancelled_error(&self) -> TaskError {
+        let reason = self.cancel_reason.lock().await.clone();
+        TaskError::Cancelled(reason.unwrap_or_else(|| "cancelled".into()))
+    }
+
+    /// Publishes a resource lifecycle event (`team:status`, `sandbox:status`).
+    pub async fn publish_resource(
+        &self,
+        channel: &str,
+        event: &ResourceEvent,
+    ) -> Result<(), TaskError> {
+        let mut conn = self.services.redis.get().await?;
+        progress::publish_resource(&mut conn, channel, event).await?;
+        Ok(())
+    }
+
+    /// Records a step; returns whether a cancellation was requested in the hash meanwhile.
+    async fn report(&self, step: u32, message: &str) -> Result<bool, TaskError> {
+        let mut conn = self.services.redis.get().await?;
+        let update = Update {
+            status: TaskStatus::Processing,
+            step,
+            total_steps: self.total_steps,
+            message,
+            attempts: self.attempt,
+            error: None,
+            result: None,
+            worker: &self.worker,
+        };
+        let recorded = progress::record(&mut conn, &self.task, &update).await?;
+        Ok(recorded.cancel_requested)
+    }
+}

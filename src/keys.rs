@@ -1,0 +1,62 @@
+//! Every Redis key and channel name the orchestrator uses, in one place, so the layout of the shared
+//! state can be read (and changed) without hunting through the code.
+//!
+//! Queue list names themselves come from `queues/queues.yml`; everything else is derived here.
+
+/// The user named in the channel of a task that carries no `user_id`.
+pub const ANONYMOUS_USER: &str = "anonymous";
+
+/// Failed tasks, newest first: JSON entries with the original body and the reason.
+pub const DEAD_LETTER: &str = "queue:dead";
+/// Tasks waiting for a retry or a lock, scored by the time (ms) they become due.
+pub const DELAYED: &str = "queue:delayed";
+/// Set of the ids of workers that registered; the reaper checks each one's heartbeat.
+pub const WORKERS: &str = "workers";
+/// Lock held by the one worker that reaps dead workers at a time.
+pub const REAPER_LOCK: &str = "lock:reaper";
+/// Channel on which `orchestrator cancel` tells workers to stop a task.
+pub const CANCEL_CHANNEL: &str = "orchestrator:cancel";
+/// Resource lifecycle channel of teams.
+pub const TEAM_STATUS: &str = "team:status";
+/// Resource lifecycle channel of sandboxes.
+pub const SANDBOX_STATUS: &str = "sandbox:status";
+
+/// Progress hash of a task.
+pub fn task(id: &str) -> String {
+    format!("task:{id}")
+}
+
+/// Heartbeat key of a live worker (expires after the lease); its value describes the worker.
+pub fn heartbeat(worker: &str) -> String {
+    format!("worker:{worker}")
+}
+
+/// Per-worker processing list: tasks taken from `queue` by `worker` and not yet finished.
+pub fn processing(worker: &str, queue: &str) -> String {
+    format!("processing:{worker}:{queue}")
+}
+
+/// Idempotency record: the id of the first task that carried `key`.
+pub fn idempotency(key: &str) -> String {
+    format!("idempotency:{key}")
+}
+
+/// Lock on a resource (e.g. `team:acme`) held while one task changes it.
+pub fn resource_lock(resource: &str) -> String {
+    format!("lock:{resource}")
+}
+
+/// Recorded state of a team (Redis' view, compared with the engine by `reconcile`).
+pub fn team(slug: &str) -> String {
+    format!("team:{slug}")
+}
+
+/// Recorded state of a sandbox.
+pub fn sandbox(slug: &str) -> String {
+    format!("sandbox:{slug}")
+}
+
+/// Set of all recorded team slugs.
+pub const TEAMS: &str = "teams";
+/// Set of all recorded sandbox slugs.
+pub const SANDBOXES: &str = "sandboxes";

@@ -1,0 +1,233 @@
+//! Progress reporting: the `task:<id>` hash, its TTL, and the events on `tasks:<user_id>` and the
+//! resource channels (`team:status`, `sandbox:status`).
+//!
+//! Every update is one Lua script call, so the hash, its TTL and the event reach Redis in one round
+//! trip and atomically. The script bumps the hash's `seq` field and writes the same number into the
+//! event, so a watcher can subscribe, read the hash, then skip events with `seq` at or below the
+//! hash's: nothing is missed and nothing is shown twice.
+
+use std::sync::LazyLock;
+
+use chrono::{SecondsFormat, Utc};
+use redis::Script;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::task::{Task, TaskStatus};
+
+/// Seconds a finished task's hash is kept.
+pub const FINISHED_TTL_S: u64 = 24 * 3600;
+
+/// Now, as RFC 3339 UTC with milliseconds (`2026-11-21T21:39:22.123Z`).
+pub fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A task event as published on `tasks:<user_id>`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskEvent<'a> {
+    /// Placeholder the script replaces with the hash's new `seq`; must stay the first field.
+    pub seq: u64,
+    /// `task.progress`, `task.completed`, `task.failed`, `task.retrying`, `task.cancelled`, `task.queued`.
+    #[serde(rename = "type")]
+    pub event_type: &'static str,
+    pub task_id: &'a str,
+    pub task_type: &'a str,
+    pub status: &'static str,
+    pub step: u32,
+    pub total_steps: u32,
+    pub percentage: u32,
+    pub message: &'a str,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<&'a Value>,
+    pub timestamp: String,
+}
+
+/// One state of a task to record.
+#[derive(Debug, Clone)]
+pub struct Update<'a> {
+    pub status: TaskStatus,
+    pub step: u32,
+    pub total_steps: u32,
+    pub message: &'a str,
+    pub attempts: u32,
+    pub error: Option<&'a str>,
+    pub result: Option<&'a Value>,
+    /// Worker that holds the task (empty when none does).
+    pub worker: &'a str,
+}
+
+impl Update<'_> {
+    /// Whole percent done; a completed task is at 100 whatever its steps.
+    pub fn percentage(&self) -> u32 {
+        if self.status == TaskStatus::Completed {
+            100
+        } else if self.total_steps == 0 {
+            0
+        } else {
+            (self.step.min(self.total_steps) * 100) / self.total_steps
+        }
+    }
+
+    fn event_type(&self) -> &'static str {
+        match self.status {
+            TaskStatus::Queued => "task.queued",
+            TaskStatus::Processing => "task.progress",
+            TaskStatus::Retrying => "task.retrying",
+            TaskStatus::Completed => "task.completed",
+            TaskStatus::Failed => "task.failed",
+            TaskStatus::Cancelled => "task.cancelled",
+        }
+    }
+}
+
+const RECORD_SCRIPT: &str = r#"
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+if redis.call('HEXISTS', KEYS[1], 'created_at') == 0 then
+  redis.call('HSET', KEYS[1], 'created_at', ARGV[5])
+end
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) else redis.call('PERSIST', KEYS[1]) end
+local event = string.gsub(ARGV[2], '^{"seq":0', '{"seq":' .. seq, 1)
+redis.call('PUBLISH', ARGV[1], event)
+return {seq, redis.call('HGET', KEYS[1], 'cancel_requested') or ''}
+"#;
+
+static RECORD: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_SCRIPT));
+
+/// What recording an update found.
+#[derive(Debug, Clone, Copy)]
+pub struct Recorded {
+    /// The hash's new `seq`, also carried by the event.
+    pub seq: u64,
+    /// Whether `orchestrator cancel` asked for this task to stop.
+    pub cancel_requested: bool,
+}
+
+/// Records `update` for `task`: hash fields, TTL (24 h once terminal), and the event, atomically.
+pub async fn record<C>(conn: &mut C, task: &Task, update: &Update<'_>) -> redis::RedisResult<Recorded>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let timestamp = now();
+    let event = TaskEvent {
+        seq: 0,
+        event_type: update.event_type(),
+        task_id: &task.id,
+        task_type: &task.task_type,
+        status: update.status.as_str(),
+        step: update.step,
+        total_steps: update.total_steps,
+        percentage: update.percentage(),
+        message: update.message,
+        attempts: update.attempts,
+        error: update.error,
+        result: update.result,
+        timestamp: timestamp.clone(),
+    };
+    let event = serde_json::to_string(&event).unwrap_or_default();
+    let ttl = if update.status.is_terminal() {
+        FINISHED_TTL_S
+    } else {
+        0
+    };
+    let result = update.result.map(|v| v.to_string()).unwrap_or_default();
+    let mut invocation = RECORD.key(crate::keys::task(&task.id));
+    invocation
+        .arg(task.channel())
+        .arg(event)
+        .arg(ttl)
+        .arg("updated_at")
+        .arg(&timestamp)
+        .arg("id")
+        .arg(&task.id)
+        .arg("type")
+        .arg(&task.task_type)
+        .arg("status")
+        .arg(update.status.as_str())
+        .arg("step")
+        .arg(update.step)
+        .arg("total_steps")
+        .arg(update.total_steps)
+        .arg("message")
+        .arg(update.message)
+        .arg("percentage")
+        .arg(update.percentage())
+        .arg("attempts")
+        .arg(update.attempts)
+        .arg("error")
+        .arg(update.error.unwrap_or(""))
+        .arg("result")
+        .arg(result)
+        .arg("worker")
+        .arg(update.worker)
+        .arg("user_id")
+        .arg(task.user_id.as_deref().unwrap_or(""));
+    let (seq, cancel): (u64, String) = invocation.invoke_async(conn).await?;
+    Ok(Recorded {
+        seq,
+        cancel_requested: !cancel.is_empty(),
+    })
+}
+
+/// A resource lifecycle event on `team:status` / `sandbox:status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResourceEvent {
+    /// e.g. `team.status`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// `team` or `sandbox`.
+    pub resource_type: String,
+    /// The slug.
+    pub resource_id: String,
+    /// `provisioning`, `active`, `failed`, `suspended`, `deleted`, …
+    pub status: String,
+    pub error: Option<String>,
+    pub metadata: Value,
+    pub timestamp: String,
+}
+
+impl ResourceEvent {
+    /// A lifecycle event stamped now.
+    pub fn new(resource_type: &str, resource_id: &str, status: &str, metadata: Value) -> Self {
+        Self {
+            event_type: format!("{resource_type}.status"),
+            resource_type: resource_type.to_string(),
+            resource_id: resource_id.to_string(),
+            status: status.to_string(),
+            error: None,
+            metadata,
+            timestamp: now(),
+        }
+    }
+
+    /// The same event carrying an error.
+    pub fn with_error(mut self, error: impl Into<String>) -> Self {
+        self.error = Some(error.into());
+        self
+    }
+}
+
+/// Publishes a resource event on `channel`.
+pub async fn publish_resource<C>(
+    conn: &mut C,
+    channel: &str,
+    event: &ResourceEvent,
+) -> redis::RedisResult<()>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let body = serde_json::to_string(event).unwrap_or_default();
+    redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(body)
+        .query_async::<i64>(conn)
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,78 @@
+//! The services handlers share, built once at start: configuration, the Redis pool, and the seams
+//! through which provisioning reaches DNS and certificates.
+//!
+//! The seams are traits so that `team.provision` does not depend on how a record is published or a
+//! certificate obtained; `build` wires the real implementations from the configuration.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::context::TaskContext;
+use crate::task::TaskError;
+
+/// How provisioning handlers give a team (or sandbox) its DNS name and take it away.
+#[async_trait]
+pub trait NameRegistry: Send + Sync {
+    /// Points `<slug>.<zone>` at the ingress; idempotent. Returns a line for the progress message.
+    async fn add_name(&self, slug: &str) -> Result<String, TaskError>;
+    /// Removes the name of `slug`; removing a name that is not there succeeds.
+    async fn remove_name(&self, slug: &str) -> Result<String, TaskError>;
+}
+
+/// How provisioning handlers obtain a certificate for a team's names, inside the provisioning task.
+#[async_trait]
+pub trait CertificateIssuer: Send + Sync {
+    /// Obtains (or finds valid) a certificate for `domains`, reporting ACME steps as notes on `ctx`.
+    /// Returns what the portal should know about it (name, not-after, paths).
+    async fn ensure_certificate(
+        &self,
+        ctx: &TaskContext,
+        name: &str,
+        domains: &[String],
+    ) -> Result<Value, TaskError>;
+}
+
+/// A registry that publishes no names: says so in the progress message, changes nothing.
+pub struct NoNames;
+
+#[async_trait]
+impl NameRegistry for NoNames {
+    async fn add_name(&self, slug: &str) -> Result<String, TaskError> {
+        Ok(format!("DNS not configured: no record added for {slug}"))
+    }
+    async fn remove_name(&self, slug: &str) -> Result<String, TaskError> {
+        Ok(format!("DNS not configured: no record removed for {slug}"))
+    }
+}
+
+/// An issuer that refuses: certificates were asked for but no CA is configured.
+pub struct NoCertificates;
+
+#[async_trait]
+impl CertificateIssuer for NoCertificates {
+    async fn ensure_certificate(
+        &self,
+        _ctx: &TaskContext,
+        name: &str,
+        _domains: &[String],
+    ) -> Result<Value, TaskError> {
+        Err(TaskError::Failed(format!(
+            "certificate for {name} requested but no ACME issuer is configured"
+        )))
+    }
+}
+
+/// What every handler can reach.
+pub struct Services {
+    /// The configuration read at start.
+    pub config: Arc<Config>,
+    /// Pool for ordinary (non-blocking) Redis commands.
+    pub redis: deadpool_redis::Pool,
+    /// DNS names of teams and sandboxes.
+    pub names: Arc<dyn NameRegistry>,
+    /// Certificates asked for by provisioning tasks.
+    pub certificates: Arc<dyn CertificateIssuer>,
+}

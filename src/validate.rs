@@ -1,0 +1,133 @@
+//! Validation of the untrusted strings that reach Traefik rules, zone files, file paths and container names.
+//!
+//! Everything a producer sends is untrusted. A slug becomes part of a container name, a Traefik router
+//! name, a backtick-quoted rule and a DNS owner name, so it must be a lowercase DNS label and nothing
+//! else: `[a-z0-9]` with inner `-`, 1 to 63 characters. Domain names are sequences of such labels
+//! (with an optional leading `*.` where a wildcard is meant).
+
+use thiserror::Error;
+
+/// Why a string was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum InvalidName {
+    #[error("{what} is empty")]
+    Empty { what: &'static str },
+    #[error("{what} {value:?} is longer than {max} characters")]
+    TooLong {
+        what: &'static str,
+        value: String,
+        max: usize,
+    },
+    #[error(
+        "{what} {value:?} is not a lowercase DNS label (only a-z, 0-9 and inner '-', at most 63 characters)"
+    )]
+    NotALabel { what: &'static str, value: String },
+}
+
+/// Longest DNS label.
+pub const MAX_LABEL: usize = 63;
+/// Longest domain name in presentation form, without the trailing dot.
+pub const MAX_DOMAIN: usize = 253;
+
+/// Checks that `value` is one lowercase DNS label: `[a-z0-9]([a-z0-9-]*[a-z0-9])?`, at most 63 bytes.
+pub fn dns_label(what: &'static str, value: &str) -> Result<(), InvalidName> {
+    if value.is_empty() {
+        return Err(InvalidName::Empty { what });
+    }
+    if value.len() > MAX_LABEL {
+        return Err(InvalidName::TooLong {
+            what,
+            value: value.to_string(),
+            max: MAX_LABEL,
+        });
+    }
+    let bytes = value.as_bytes();
+    let inner_ok = bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+    let edges_ok = bytes[0] != b'-' && bytes[bytes.len() - 1] != b'-';
+    if inner_ok && edges_ok {
+        Ok(())
+    } else {
+        Err(InvalidName::NotALabel {
+            what,
+            value: value.to_string(),
+        })
+    }
+}
+
+/// Checks a team or sandbox slug (a lowercase DNS label).
+pub fn slug(value: &str) -> Result<(), InvalidName> {
+    dns_label("slug", value)
+}
+
+/// Checks a domain name made of lowercase DNS labels (`a.b.c`, trailing dot allowed).
+/// With `allow_wildcard`, the first label may be `*`.
+pub fn domain(what: &'static str, value: &str, allow_wildcard: bool) -> Result<(), InvalidName> {
+    let name = value.strip_suffix('.').unwrap_or(value);
+    if name.is_empty() {
+        return Err(InvalidName::Empty { what });
+    }
+    if name.len() > MAX_DOMAIN {
+        return Err(InvalidName::TooLong {
+            what,
+            value: value.to_string(),
+            max: MAX_DOMAIN,
+        });
+    }
+    for (index, label) in name.split('.').enumerate() {
+        if index == 0 && allow_wildcard && label == "*" {
+            continue;
+        }
+        dns_label(what, label).map_err(|_| InvalidName::NotALabel {
+            what,
+            value: value.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_labels() {
+        for ok in ["a", "team-a", "0day", "x1-2-3", &"a".repeat(63)] {
+            assert_eq!(slug(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn refuses_what_could_break_a_rule_a_zone_or_a_path() {
+        for bad in [
+            "",
+            "Team",
+            "team.a",
+            "-team",
+            "team-",
+            "te`am",
+            "a`) || Host(`b",
+            "a||b",
+            "a b",
+            "a\nb",
+            "a;b",
+            "../x",
+            "ä",
+            &"a".repeat(64),
+        ] {
+            assert!(slug(bad).is_err(), "{bad:?} passed");
+        }
+    }
+
+    #[test]
+    fn domains_and_wildcards() {
+        assert!(domain("domain", "team-a.localhost", false).is_ok());
+        assert!(domain("domain", "team-a.localhost.", false).is_ok());
+        assert!(domain("domain", "*.localhost", true).is_ok());
+        assert!(domain("domain", "*.localhost", false).is_err());
+        assert!(domain("domain", "a.*.localhost", true).is_err());
+        assert!(domain("domain", "a..b", false).is_err());
+        assert!(domain("domain", "a.b c", false).is_err());
+    }
+}
