@@ -336,7 +336,7 @@ impl Worker {
                 Ok(Err(holder)) => {
                     let message = format!("Waiting: {resource} is being changed by task {holder}");
                     debug!(%message);
-                    let pause = Duration::from_millis(rand::random_range(100..400));
+                    let pause = Duration::from_millis(rand::random_range(250..750));
                     return self
                         .settle(
                             claimed,
@@ -467,7 +467,7 @@ impl Worker {
                         attempts,
                         error: Some(&reason),
                         result: None,
-                        worker: "",
+                        worker: &self.id,
                     },
                     Then::Done,
                 )
@@ -493,7 +493,7 @@ impl Worker {
                         attempts,
                         error: Some(&error),
                         result: None,
-                        worker: "",
+                        worker: &self.id,
                     },
                     Then::RetryAfter(delay),
                 )
@@ -676,7 +676,7 @@ impl Worker {
                     attempts: 0,
                     error: Some(reason),
                     result: None,
-                    worker: "",
+                    worker: &self.id,
                 };
                 self.retry_redis("dead-letter", || {
                     self.queue.finish(
@@ -724,7 +724,7 @@ impl Worker {
                 attempts,
                 error: Some(error),
                 result: None,
-                worker: "",
+                worker: &self.id,
             },
             Then::DeadLetter(&entry),
         )
@@ -764,7 +764,7 @@ impl Worker {
                 attempts,
                 error: None,
                 result,
-                worker: "",
+                worker: &self.id,
             },
             then,
         )
