@@ -559,3 +559,63 @@ async fn the_server_catches_up_after_a_redis_restart() {
     let answer = query(&worker, "after.localhost", "A", &[]).await;
     assert_eq!(answer.values("A"), vec!["10.7.7.7"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_and_empty_non_terminals_follow_rfc_4592() {
+    let redis = RedisServer::start();
+    let zones = tempfile::tempdir().unwrap();
+    let worker = Worker::start(&redis.url(), zones.path()).await;
+    let change = worker
+        .store
+        .add_challenge("team-c.localhost", "token")
+        .await
+        .unwrap();
+    assert!(worker.server.wait_for_serial(change.serial, WAIT).await);
+
+    // Names under no existing name: synthesised from `*.localhost`, owned by the query name.
+    let synthesised = query(&worker, "a.b.localhost", "A", &[]).await;
+    assert_eq!(synthesised.values("A"), vec!["127.0.0.1"]);
+    assert_eq!(synthesised.answer[0].0, "a.b.localhost.");
+    // The wildcard has no TXT: NODATA with the SOA.
+    let nodata = query(&worker, "nosuch.localhost", "TXT", &[]).await;
+    assert_eq!(nodata.status, "NOERROR");
+    assert!(nodata.answer.is_empty());
+    assert_eq!(nodata.authority_serial(), Some(change.serial));
+    // team-c.localhost is an empty non-terminal (it only has `_acme-challenge` below it): it
+    // exists, so the wildcard does not answer for it.
+    let ent = query(&worker, "team-c.localhost", "A", &[]).await;
+    assert_eq!(ent.status, "NOERROR");
+    assert!(ent.answer.is_empty(), "{ent:?}");
+    assert_eq!(ent.authority_serial(), Some(change.serial));
+    // Below it, the closest encloser is team-c.localhost and `*.team-c` does not exist.
+    let nx = query(&worker, "x.team-c.localhost", "A", &[]).await;
+    assert_eq!(nx.status, "NXDOMAIN");
+    // The challenge owner exists with TXT only: an A query there is NODATA, not the wildcard.
+    let txt_only = query(&worker, "_acme-challenge.team-c.localhost", "A", &[]).await;
+    assert_eq!(txt_only.status, "NOERROR");
+    assert!(txt_only.answer.is_empty());
+}
+
+/// `coredns/zones/db.localhost` is committed so `docker compose --profile dns up` serves something
+/// before any worker ran: it must be exactly what the renderer writes for the platform records
+/// (serial 1, so the first worker's write replaces it) and pass `named-checkzone`.
+/// `DNS_WRITE_COMMITTED_ZONE=1 cargo test --test dns committed` rewrites it.
+#[test]
+fn the_committed_zone_file_is_the_renderers_output() {
+    let platform = |owner: &str| {
+        RecordSet::new(ZONE, owner, RecordKind::A, None, &["127.0.0.1".into()]).unwrap()
+    };
+    let mut sets = vec![platform("@"), platform("*"), platform("ns")];
+    sets.sort_by(|a, b| zonefile::owner_order(&a.owner, &b.owner));
+    let zone = Zone {
+        origin: ZONE.into(),
+        serial: 1,
+        sets,
+    };
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("coredns/zones/db.localhost");
+    if std::env::var_os("DNS_WRITE_COMMITTED_ZONE").is_some() {
+        std::fs::write(&path, zonefile::render(&zone)).unwrap();
+    }
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), zonefile::render(&zone));
+    named_checkzone(ZONE, &path);
+}
