@@ -5,7 +5,7 @@
 //! Needs `redis-server`, `dnsperf`, `nsd` (Debian packages). Run: `cargo bench --bench dns`.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod common;
 
 use std::net::SocketAddr;
@@ -129,7 +129,14 @@ async fn run() {
     let mut visible = Vec::new();
     for i in 0..200u32 {
         let ip = format!("10.200.{}.{}", i / 250, i % 250 + 1);
-        let set = RecordSet::new(ZONE, "latency", RecordKind::A, None, &[ip.clone()]).unwrap();
+        let set = RecordSet::new(
+            ZONE,
+            "latency",
+            RecordKind::A,
+            None,
+            std::slice::from_ref(&ip),
+        )
+        .unwrap();
         let start = Instant::now();
         worker.store.upsert(&set).await.unwrap();
         upsert_only.push(start.elapsed());
@@ -212,14 +219,15 @@ fn dnsperf(server: SocketAddr, queries: &Path) -> (f64, String, String) {
     )
 }
 
-/// Starts NSD on a free port serving `zone_file`; returns its address.
+/// Starts NSD on a free port serving `zone_file` (one server process, response rate limiting off:
+/// its default 200 answers/s per source would throttle dnsperf); returns its address.
 fn start_nsd(dir: &Path, zone_file: &Path) -> Result<(SocketAddr, Guard), String> {
     let port = common::free_port();
     let nsd_dir = dir.join("nsd");
     std::fs::create_dir_all(&nsd_dir).map_err(|e| e.to_string())?;
     let d = nsd_dir.to_string_lossy();
     let conf = format!(
-        "server:\n  ip-address: 127.0.0.1@{port}\n  port: {port}\n  username: \"\"\n  zonesdir: \"{d}\"\n  database: \"\"\n  pidfile: \"{d}/nsd.pid\"\n  zonelistfile: \"{d}/zone.list\"\n  xfrdfile: \"{d}/xfrd.state\"\n  xfrdir: \"{d}\"\n  logfile: \"{d}/nsd.log\"\n  server-count: 1\n  verbosity: 0\nremote-control:\n  control-enable: no\nzone:\n  name: localhost\n  zonefile: \"{}\"\n",
+        "server:\n  ip-address: 127.0.0.1@{port}\n  port: {port}\n  username: \"\"\n  zonesdir: \"{d}\"\n  database: \"\"\n  pidfile: \"{d}/nsd.pid\"\n  zonelistfile: \"{d}/zone.list\"\n  xfrdfile: \"{d}/xfrd.state\"\n  xfrdir: \"{d}\"\n  logfile: \"{d}/nsd.log\"\n  server-count: 1\n  verbosity: 0\n  rrl-ratelimit: 0\nremote-control:\n  control-enable: no\nzone:\n  name: localhost\n  zonefile: \"{}\"\n",
         zone_file.display()
     );
     let conf_path = nsd_dir.join("nsd.conf");
@@ -236,7 +244,7 @@ fn start_nsd(dir: &Path, zone_file: &Path) -> Result<(SocketAddr, Guard), String
     while Instant::now() < deadline {
         let out = Command::new("dig")
             .args([
-                &format!("@127.0.0.1"),
+                "@127.0.0.1",
                 "-p",
                 &port.to_string(),
                 "team-1.localhost",

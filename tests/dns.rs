@@ -616,6 +616,9 @@ fn the_committed_zone_file_is_the_renderers_output() {
     if std::env::var_os("DNS_WRITE_COMMITTED_ZONE").is_some() {
         std::fs::write(&path, zonefile::render(&zone)).unwrap();
     }
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), zonefile::render(&zone));
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        zonefile::render(&zone)
+    );
     named_checkzone(ZONE, &path);
 }
