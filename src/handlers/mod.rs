@@ -6,6 +6,7 @@
 //! difference, so running it twice converges to the same state (delivery is at-least-once). When it
 //! fails or is cancelled half-way it undoes what this run created before returning the error.
 
+pub mod dns;
 pub mod system;
 
 use std::collections::BTreeMap;
@@ -60,6 +61,7 @@ impl Registry {
 /// Every handler the product has, wired to `services`.
 pub fn registry(services: &Arc<Services>) -> Registry {
     let mut registry = Registry::default();
+    dns::register(&mut registry, services);
     system::register(&mut registry, services);
     registry
 }
