@@ -12,7 +12,8 @@ use crate::connections::{self, ConnectionError};
 use crate::handlers;
 use crate::metrics::Metrics;
 use crate::queues::{DefinitionError, Definitions};
-use crate::services::{NoCertificates, NoNames, Services};
+use crate::dns::{self, ZoneStore};
+use crate::services::{NoCertificates, Services};
 use crate::shutdown::Shutdown;
 use crate::worker::Worker;
 
@@ -23,6 +24,8 @@ pub enum StartError {
     Definitions(#[from] DefinitionError),
     #[error(transparent)]
     Connection(#[from] ConnectionError),
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
     #[error("cannot listen on {addr} for /healthz and /metrics: {source}")]
     Listen {
         addr: String,
@@ -33,10 +36,11 @@ pub enum StartError {
 /// Builds the shared services from the configuration.
 pub async fn services(config: Arc<Config>) -> Result<Arc<Services>, StartError> {
     let redis = connections::pool(&config.redis.redis_url, config.redis.redis_pool_size)?;
+    let zone = ZoneStore::from_config(&config, redis.clone())?;
     Ok(Arc::new(Services {
         config,
         redis,
-        names: Arc::new(NoNames),
+        names: Arc::new(zone),
         certificates: Arc::new(NoCertificates),
     }))
 }
@@ -76,7 +80,7 @@ pub async fn start_worker(config: Arc<Config>) -> Result<RunningWorker, StartErr
         }
     }
     let metrics = Arc::new(Metrics::new());
-    let worker = Worker::new(services, registry, definitions, metrics.clone())?;
+    let worker = Worker::new(services.clone(), registry, definitions, metrics.clone())?;
     let shutdown = Shutdown::new();
     let mut metrics_addr = None;
     if !config.worker.metrics_addr.is_empty() {
@@ -96,6 +100,7 @@ pub async fn start_worker(config: Arc<Config>) -> Result<RunningWorker, StartErr
             }
         });
     }
+    spawn_dns(&config, &services, &shutdown)?;
     let id = worker.id().to_string();
     let handle = tokio::spawn(worker.run(shutdown.clone()));
     Ok(RunningWorker {
@@ -104,4 +109,29 @@ pub async fn start_worker(config: Arc<Config>) -> Result<RunningWorker, StartErr
         metrics_addr,
         handle,
     })
+}
+
+/// Every worker keeps this host's zone file in step with Redis; with `--embedded-dns` it also serves
+/// the zone itself.
+fn spawn_dns(
+    config: &Arc<Config>,
+    services: &Arc<Services>,
+    shutdown: &Shutdown,
+) -> Result<(), StartError> {
+    let store = ZoneStore::from_config(config, services.redis.clone())?;
+    let (writer_config, token) = (config.clone(), shutdown.token());
+    tokio::spawn(async move {
+        if let Err(err) = dns::run_zone_file_writer(&writer_config, store, token).await {
+            tracing::error!(error = %err, "zone file writer stopped");
+        }
+    });
+    if config.worker.embedded_dns {
+        let (server_config, token) = (config.clone(), shutdown.token());
+        tokio::spawn(async move {
+            if let Err(err) = dns::serve(&server_config, token).await {
+                tracing::error!(error = %err, "embedded DNS server stopped");
+            }
+        });
+    }
+    Ok(())
 }

@@ -94,11 +94,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The DNS zone.
+    Dns {
+        #[command(subcommand)]
+        action: DnsAction,
+    },
     /// The dead-letter list.
     Dead {
         #[command(subcommand)]
         action: DeadAction,
     },
+}
+
+#[derive(Subcommand)]
+enum DnsAction {
+    /// Serve the platform zone (UDP and TCP on DNS_LISTEN) from Redis until SIGTERM/SIGINT.
+    Serve,
 }
 
 #[derive(Subcommand)]
@@ -205,6 +216,14 @@ async fn main() -> Result<()> {
         }
         Command::Status { json } => status(&config, json).await,
         Command::Dead { action } => dead(&config, action).await,
+        Command::Dns {
+            action: DnsAction::Serve,
+        } => {
+            let stop = Shutdown::new();
+            stop.on_signals();
+            orchestrator::dns::serve(&config, stop.token()).await?;
+            Ok(())
+        }
     }
 }
 

@@ -30,6 +30,11 @@ impl Shutdown {
         self.token.cancelled().await;
     }
 
+    /// The underlying token, for APIs that take a `CancellationToken`.
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
     /// Gives the signal on SIGTERM or SIGINT (Ctrl-C).
     pub fn on_signals(&self) {
         let me = self.clone();

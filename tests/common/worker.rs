@@ -18,6 +18,7 @@ struct Args {
 /// A config for tests: the given Redis, no metrics endpoint, plus `extra` flags.
 pub fn config(redis_url: &str, queues_dir: &Path, extra: &[&str]) -> Config {
     let queues = queues_dir.to_string_lossy().into_owned();
+    let zones = scratch_zones_dir();
     let mut argv = vec![
         "orchestrator",
         "--redis-url",
@@ -26,9 +27,18 @@ pub fn config(redis_url: &str, queues_dir: &Path, extra: &[&str]) -> Config {
         &queues,
         "--metrics-addr",
         "",
+        "--zones-dir",
+        &zones,
     ];
     argv.extend_from_slice(extra);
     Args::parse_from(argv).config
+}
+
+/// A zone-file folder outside the repository (every worker writes the zone file).
+pub fn scratch_zones_dir() -> String {
+    let dir = std::env::temp_dir().join(format!("orchestrator-test-zones-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch zones dir");
+    dir.to_string_lossy().into_owned()
 }
 
 /// Starts a worker in this process.
@@ -87,6 +97,7 @@ impl WorkerProcess {
             .env("REDIS_URL", redis_url)
             .env("QUEUES_DIR", queues_dir)
             .env("METRICS_ADDR", "")
+            .env("ZONES_DIR", scratch_zones_dir())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
