@@ -14,14 +14,18 @@
 //! - [`handlers`]: one module per task family, each registering its task types.
 //! - [`services`]: what handlers share, and the seams to DNS and certificates.
 //! - [`worker`]: the consuming loop: concurrency, locks, timeouts, heartbeats, shutdown.
+//! - [`docker`]: the Docker engine wrapper and the team/sandbox provisioning engine.
+//! - [`templates`]: the team/sandbox container templates and their Traefik labels.
 //! - [`validate`]: checks of untrusted names before they reach labels, zone files or paths.
 //! - [`keys`]: every Redis key and channel name.
 
 pub mod config;
 pub mod context;
+pub mod docker;
 pub mod handlers;
 pub mod keys;
 pub mod progress;
 pub mod services;
 pub mod task;
+pub mod templates;
 pub mod validate;

@@ -6,7 +6,9 @@
 //! difference, so running it twice converges to the same state (delivery is at-least-once). When it
 //! fails or is cancelled half-way it undoes what this run created before returning the error.
 
+pub mod sandbox;
 pub mod system;
+pub mod team;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -61,5 +63,7 @@ impl Registry {
 pub fn registry(services: &Arc<Services>) -> Registry {
     let mut registry = Registry::default();
     system::register(&mut registry, services);
+    team::register(&mut registry, services);
+    sandbox::register(&mut registry, services);
     registry
 }
