@@ -35,7 +35,7 @@ build() {
     trap 'rm -rf "$root"' EXIT
     mkdir -p "$root/bin" "$root/www" "$root/tmp" "$root/data" "$root/etc"
     cp "$BUSYBOX" "$root/bin/busybox"
-    for applet in sh httpd wget cat echo mkdir sleep ls ps kill; do
+    for applet in sh httpd wget cat echo mkdir sleep ls ps kill timeout nslookup; do
         ln -s busybox "$root/bin/$applet"
     done
     echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"

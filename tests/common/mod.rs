@@ -2,6 +2,7 @@
 //! drop guards even when a test fails.
 #![allow(dead_code)]
 
+pub mod docker;
 pub mod redis_server;
 
 pub use redis_server::RedisServer;
