@@ -10,7 +10,7 @@
 //! itself, so a template cannot forget them. Supported per service: `image`, `command`,
 //! `environment`, `labels`, `healthcheck` (`test`, `interval`, `timeout`, `retries`,
 //! `start_period`), `volumes` (`<declared volume>:<path>[:ro]`), `restart`, `mem_limit`, `cpus`,
-//! `pids_limit`. Anything else is refused by name.
+//! `pids_limit`, `init`. Anything else is refused by name.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -188,6 +188,8 @@ pub struct ContainerSpec {
     pub memory_bytes: Option<i64>,
     pub nano_cpus: Option<i64>,
     pub pids_limit: Option<i64>,
+    /// Run an init as PID 1 (forwards SIGTERM, reaps zombies): stops take milliseconds, not the grace period.
+    pub init: bool,
 }
 
 /// A healthcheck with durations in nanoseconds, as the engine wants them.
@@ -230,6 +232,8 @@ struct Service {
     cpus: Option<f64>,
     #[serde(default)]
     pids_limit: Option<i64>,
+    #[serde(default)]
+    init: bool,
 }
 
 fn default_restart() -> String {
@@ -555,6 +559,7 @@ fn service_spec(
         memory_bytes,
         nano_cpus,
         pids_limit: parsed.pids_limit,
+        init: parsed.init,
     })
 }
 

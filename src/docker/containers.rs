@@ -312,6 +312,7 @@ pub fn container_body(rendered: &Rendered, spec: &ContainerSpec) -> ContainerCre
         memory_swap: spec.memory_bytes,
         nano_cpus: spec.nano_cpus,
         pids_limit: spec.pids_limit,
+        init: spec.init.then_some(true),
         binds: (!spec.binds.is_empty()).then(|| spec.binds.clone()),
         network_mode: Some(rendered.network.clone()),
         ..Default::default()
