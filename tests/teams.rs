@@ -561,3 +561,46 @@ async fn reconcile_reports_and_repairs_drift() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_mid_provision_rolls_back() {
+    let _engine = ENGINE.read().await;
+    build_images();
+    let slug = unique_slug("tx");
+    let _cleanup = Cleanup::new(&[&slug]);
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let team = std::fs::read_to_string(common::docker::root().join("templates/team.yml")).unwrap();
+    std::fs::write(
+        dir.path().join("team.yml"),
+        team.replace("interval: 1s", "interval: 5s"),
+    )
+    .unwrap();
+    let path = dir.path().display().to_string();
+    let services = services(&redis.url(), config(&["--templates-dir", &path]));
+    let registry = orchestrator::handlers::registry(&services);
+    let handler = registry.get("team.provision").unwrap().clone();
+    let task = common::docker::task("team.provision", json!({"slug": slug}));
+    let ctx = std::sync::Arc::new(orchestrator::context::TaskContext::new(
+        task,
+        1,
+        handler.total_steps(&common::docker::task("team.provision", json!({}))),
+        "test-worker".into(),
+        services.clone(),
+    ));
+    let running = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { handler.run(&ctx).await })
+    };
+    let web = format!("team-{slug}-web");
+    common::eventually("the web container to run", Duration::from_secs(30), || {
+        let web = web.clone();
+        async move { (docker(&["inspect", "-f", "{{.State.Running}}", &web]).0 == "true").then_some(()) }
+    })
+    .await;
+    ctx.cancel("cancelled by the test").await;
+    let err = running.await.unwrap().unwrap_err();
+    assert!(matches!(err, TaskError::Cancelled(_)), "{err:?}");
+    assert_nothing_left(&slug);
+    assert!(record(&redis, &format!("team:{slug}")).await.is_empty());
+}

@@ -331,6 +331,7 @@ async fn converge(
         .iter()
         .map(|c| c.image.as_str())
         .collect();
+    images.sort_unstable();
     images.dedup();
     for image in images {
         if engine.ensure_image(image).await? {
