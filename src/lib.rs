@@ -15,6 +15,8 @@
 //! - [`handlers`]: one module per task family, each registering its task types.
 //! - [`dns`]: the platform zone: Redis state, CoreDNS zone file, embedded authoritative server.
 //! - [`services`]: what handlers share, and the seams to DNS and certificates.
+//! - [`docker`]: the Docker engine wrapper and the team/sandbox provisioning engine.
+//! - [`templates`]: the team/sandbox container templates and their Traefik labels.
 //! - [`validate`]: checks of untrusted names before they reach labels, zone files or paths.
 //! - [`keys`]: every Redis key and channel name.
 //! - [`admin`], [`watch`]: what the CLI does for admins (enqueue, cancel, status, dead letters,
@@ -34,6 +36,7 @@ pub mod config;
 pub mod connections;
 pub mod context;
 pub mod dns;
+pub mod docker;
 pub mod handlers;
 pub mod keys;
 pub mod metrics;
@@ -43,6 +46,7 @@ pub mod queues;
 pub mod services;
 pub mod shutdown;
 pub mod task;
+pub mod templates;
 pub mod validate;
 pub mod watch;
 pub mod worker;

@@ -7,7 +7,9 @@
 //! fails or is cancelled half-way it undoes what this run created before returning the error.
 
 pub mod dns;
+pub mod sandbox;
 pub mod system;
+pub mod team;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -63,5 +65,7 @@ pub fn registry(services: &Arc<Services>) -> Registry {
     let mut registry = Registry::default();
     dns::register(&mut registry, services);
     system::register(&mut registry, services);
+    team::register(&mut registry, services);
+    sandbox::register(&mut registry, services);
     registry
 }
