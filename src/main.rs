@@ -8,6 +8,8 @@ use orchestrator::admin::{self, NewTask};
 use orchestrator::app;
 use orchestrator::config::Config;
 use orchestrator::connections;
+use orchestrator::docker::{Engine, teams};
+use orchestrator::templates::Kind;
 use orchestrator::queues::Definitions;
 use orchestrator::shutdown::Shutdown;
 use orchestrator::watch::{self, Target};
@@ -93,6 +95,24 @@ enum Command {
         /// As JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Teams and sandboxes with their containers' state.
+    Teams {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Report drift between what Redis records and what the engine runs; `--fix` repairs it.
+    Reconcile {
+        #[arg(long)]
+        fix: bool,
+    },
+    /// Show what a provision would create or change, touching nothing.
+    Plan {
+        slug: String,
+        /// Plan a sandbox instead of a team.
+        #[arg(long)]
+        sandbox: bool,
     },
     /// The DNS zone.
     Dns {
@@ -216,6 +236,33 @@ async fn main() -> Result<()> {
         }
         Command::Status { json } => status(&config, json).await,
         Command::Dead { action } => dead(&config, action).await,
+        Command::Teams { json } => {
+            let (engine, services) = engine(config).await?;
+            let rows = teams::list(&engine, &services).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for row in rows {
+                    println!("{row}");
+                }
+            }
+            Ok(())
+        }
+        Command::Reconcile { fix } => {
+            let (engine, services) = engine(config).await?;
+            let report = teams::reconcile(&engine, &services, fix).await?;
+            print!("{report}");
+            if !report.is_clean() && !fix {
+                bail!("drift found; run with --fix to repair it");
+            }
+            Ok(())
+        }
+        Command::Plan { slug, sandbox } => {
+            let (engine, services) = engine(config).await?;
+            let kind = if sandbox { Kind::Sandbox } else { Kind::Team };
+            print!("{}", teams::plan(&engine, &services, kind, &slug).await?);
+            Ok(())
+        }
         Command::Dns {
             action: DnsAction::Serve,
         } => {
@@ -225,6 +272,12 @@ async fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn engine(config: Arc<Config>) -> Result<(Engine, Arc<orchestrator::services::Services>)> {
+    let services = app::services(config).await?;
+    let engine = Engine::connect(&services.config.docker).await?;
+    Ok((engine, services))
 }
 
 async fn run_worker(config: Arc<Config>) -> Result<()> {
