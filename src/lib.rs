@@ -5,6 +5,7 @@
 //! every step in a Redis progress hash and on pub/sub channels.
 //!
 //! # Layout
+//! - [`acme`]: certificates over ACME (account, orders, DNS-01/HTTP-01, storage for Traefik, renewal).
 //! - [`config`]: every setting, from flags and environment variables, read once.
 //! - [`queues`]: the declared queues and the JSON Schema of every task type (the portal's contract).
 //! - [`queue`]: reliable claiming from prioritized lists, acks, retries, recovery from dead workers.
@@ -17,6 +18,7 @@
 //! - [`validate`]: checks of untrusted names before they reach labels, zone files or paths.
 //! - [`keys`]: every Redis key and channel name.
 
+pub mod acme;
 pub mod config;
 pub mod context;
 pub mod handlers;

@@ -6,6 +6,7 @@
 //! difference, so running it twice converges to the same state (delivery is at-least-once). When it
 //! fails or is cancelled half-way it undoes what this run created before returning the error.
 
+pub mod certificate;
 pub mod system;
 
 use std::collections::BTreeMap;
