@@ -2,8 +2,10 @@
 //! drop guards even when a test fails.
 #![allow(dead_code)]
 
+pub mod pebble;
 pub mod redis_server;
 
+pub use pebble::Pebble;
 pub use redis_server::RedisServer;
 
 use std::net::TcpListener;
