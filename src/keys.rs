@@ -77,3 +77,17 @@ pub const CERTIFICATES_NORMAL_QUEUE: &str = "queue:certificates:normal";
 pub fn http01_token(token: &str) -> String {
     format!("acme:http01:{token}")
 }
+
+/// Record sets of a DNS zone (`origin` with its trailing dot): field `<owner> <TYPE>`, value JSON.
+pub fn dns_records(origin: &str) -> String {
+    format!("dns:zone:{origin}:records")
+}
+
+/// SOA serial of a DNS zone; raised by every change, never lowered.
+pub fn dns_serial(origin: &str) -> String {
+    format!("dns:zone:{origin}:serial")
+}
+
+/// Channel announcing every DNS zone change: message `<origin> <serial>`. Zone file writers and
+/// embedded servers reload the zone from Redis when they hear it (and on every (re)subscribe).
+pub const DNS_CHANGES: &str = "dns:changes";

@@ -13,6 +13,7 @@
 //! - [`progress`]: the `task:<id>` hash and the events on `tasks:<user>` and resource channels.
 //! - [`context`]: what a handler sees while it runs (steps, cancellation, services).
 //! - [`handlers`]: one module per task family, each registering its task types.
+//! - [`dns`]: the platform zone: Redis state, CoreDNS zone file, embedded authoritative server.
 //! - [`services`]: what handlers share, and the seams to DNS and certificates.
 //! - [`worker`]: the consuming loop: concurrency, locks, timeouts, heartbeats, shutdown.
 //! - [`validate`]: checks of untrusted names before they reach labels, zone files or paths.
@@ -21,6 +22,7 @@
 pub mod acme;
 pub mod config;
 pub mod context;
+pub mod dns;
 pub mod handlers;
 pub mod keys;
 pub mod progress;

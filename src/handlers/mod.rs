@@ -7,6 +7,7 @@
 //! fails or is cancelled half-way it undoes what this run created before returning the error.
 
 pub mod certificate;
+pub mod dns;
 pub mod system;
 
 use std::collections::BTreeMap;
@@ -61,6 +62,7 @@ impl Registry {
 /// Every handler the product has, wired to `services`.
 pub fn registry(services: &Arc<Services>) -> Registry {
     let mut registry = Registry::default();
+    dns::register(&mut registry, services);
     system::register(&mut registry, services);
     registry
 }
