@@ -11,6 +11,7 @@
 //! only through the small [`ChallengeDns`] trait.
 
 pub mod account;
+pub mod dns01;
 pub mod http01;
 pub mod issue;
 pub mod renewal;

@@ -62,6 +62,7 @@ impl Registry {
 /// Every handler the product has, wired to `services`.
 pub fn registry(services: &Arc<Services>) -> Registry {
     let mut registry = Registry::default();
+    certificate::register(&mut registry, services);
     dns::register(&mut registry, services);
     system::register(&mut registry, services);
     registry
