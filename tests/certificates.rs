@@ -627,3 +627,37 @@ async fn the_renewal_scheduler_enqueues_due_certificates_once_from_one_worker() 
     assert_eq!(result["renewed"], true);
     assert_ne!(env.cert_hash("team-d").await["serial"], old["serial"]);
 }
+
+#[test]
+fn schemas_accept_the_contract_and_refuse_the_rest() {
+    let load = |t: &str| -> jsonschema::Validator {
+        let text = std::fs::read_to_string(format!("queues/schemas/{t}.json")).unwrap();
+        jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()
+    };
+    let issue = load("certificate.issue");
+    for good in [
+        json!({"domains": ["team-a.localhost"]}),
+        json!({"domains": ["*.team-a.localhost", "team-a.localhost"], "challenge": "dns-01", "name": "team-a", "force": true}),
+        json!({"domains": ["a.localhost"], "challenge": "http-01"}),
+    ] {
+        assert!(issue.is_valid(&good), "{good}");
+    }
+    for bad in [
+        json!({}),
+        json!({"domains": []}),
+        json!({"domains": ["a.localhost", "a.localhost"]}),
+        json!({"domains": ["A b"]}),
+        json!({"domains": ["a`) || Host(`b"]}),
+        json!({"domains": ["a.localhost"], "challenge": "tls-alpn-01"}),
+        json!({"domains": ["a.localhost"], "name": "../x"}),
+        json!({"domains": ["a.localhost"], "extra": 1}),
+    ] {
+        assert!(!issue.is_valid(&bad), "{bad}");
+    }
+    let renew = load("certificate.renew");
+    assert!(renew.is_valid(&json!({"name": "team-a", "if_due": true})));
+    assert!(!renew.is_valid(&json!({"name": "Team A"})));
+    let revoke = load("certificate.revoke");
+    assert!(revoke.is_valid(&json!({"name": "team-a", "reason": "keyCompromise"})));
+    assert!(!revoke.is_valid(&json!({"name": "team-a", "reason": "bored"})));
+}
