@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use orchestrator::acme::dns01::ZoneChallengeDns;
-use orchestrator::acme::{Acme, http01, renewal};
+use orchestrator::acme::issue::Report;
+use orchestrator::acme::{Acme, ChallengeDns, ChallengeKind, http01, renewal};
 use orchestrator::config::Config;
 use orchestrator::context::TaskContext;
 use orchestrator::dns::{DnsServer, RecordKind, RecordSet, ZoneStore};
@@ -660,4 +661,64 @@ fn schemas_accept_the_contract_and_refuse_the_rest() {
     let revoke = load("certificate.revoke");
     assert!(revoke.is_valid(&json!({"name": "team-a", "reason": "keyCompromise"})));
     assert!(!revoke.is_valid(&json!({"name": "team-a", "reason": "bored"})));
+}
+
+/// The platform zone, cancelling the task as soon as a challenge value is published.
+struct CancelOnPublish {
+    inner: ZoneChallengeDns,
+    cancel: CancellationToken,
+}
+
+#[async_trait::async_trait]
+impl ChallengeDns for CancelOnPublish {
+    async fn add_txt(&self, fqdn: &str, value: &str) -> Result<(), TaskError> {
+        self.inner.add_txt(fqdn, value).await?;
+        self.cancel.cancel();
+        Ok(())
+    }
+    async fn remove_txt(&self, fqdn: &str, value: &str) -> Result<(), TaskError> {
+        self.inner.remove_txt(fqdn, value).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_issuance_withdraws_its_challenge_records() {
+    let env = env().await;
+    let task = Task {
+        id: uuid::Uuid::new_v4().to_string(),
+        task_type: "certificate.issue".into(),
+        user_id: None,
+        payload: json!({}),
+        idempotency_key: None,
+        max_attempts: None,
+        timeout_s: None,
+        created_at: None,
+    };
+    let ctx = TaskContext::new(task, 1, 7, "test-worker".into(), env.services.clone());
+    let dns = CancelOnPublish {
+        inner: ZoneChallengeDns::new(env.zone.clone(), Some(env.dns.udp_addr())),
+        cancel: ctx.cancellation().clone(),
+    };
+    let acme = Acme::new(
+        env.services.config.clone(),
+        env.services.redis.clone(),
+        Arc::new(dns),
+    );
+    let request = acme
+        .request(
+            None,
+            &["team-z.localhost".to_string()],
+            ChallengeKind::Dns01,
+        )
+        .unwrap();
+    let err = acme.issue(&ctx, &request, Report::Steps).await.unwrap_err();
+    assert!(matches!(err, TaskError::Cancelled(_)), "{err:?}");
+    assert_eq!(env.dig_txt("_acme-challenge.team-z.localhost"), "");
+    let zone = env.zone.snapshot().await.unwrap();
+    assert!(
+        zone.get("_acme-challenge.team-z", RecordKind::Txt)
+            .is_none()
+    );
+    assert!(env.keys("cert:*").await.is_empty());
+    assert!(!env.certs_dir().join("team-z-localhost").exists());
 }

@@ -10,7 +10,7 @@
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, AsyncCommands, Script};
+use deadpool_redis::redis::{self, Script};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +36,16 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('GET', KEYS[1]) == ARGV[1] then
             return redis.call('DEL', KEYS[1])
+          else return 0 end",
+    )
+});
+
+/// Marks an expiry date as enqueued (HSETNX) and pushes the task only if it was not yet.
+static ENQUEUE_ONCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+            redis.call('LPUSH', KEYS[2], ARGV[3])
+            return 1
           else return 0 end",
     )
 });
@@ -128,16 +138,6 @@ pub async fn enqueue_due(services: &Services) -> Result<Vec<String>, TaskError> 
             continue;
         }
         let key = keys::certificate(&record.name);
-        // Claim this expiry date first: only one pass enqueues it, even if two overlap.
-        let claimed: bool = redis::cmd("HSETNX")
-            .arg(&key)
-            .arg(format!("renewal_enqueued_for:{}", record.not_after))
-            .arg(crate::progress::now())
-            .query_async(&mut *conn)
-            .await?;
-        if !claimed {
-            continue;
-        }
         let task = json!({
             "id": uuid::Uuid::new_v4().to_string(),
             "type": "certificate.renew",
@@ -145,9 +145,19 @@ pub async fn enqueue_due(services: &Services) -> Result<Vec<String>, TaskError> 
             "idempotency_key": format!("certificate.renew:{}:{}", record.name, record.serial),
             "created_at": crate::progress::now(),
         });
-        let _: () = conn
-            .lpush(keys::CERTIFICATES_NORMAL_QUEUE, task.to_string())
+        // Claim this expiry date and push in one script: only one pass enqueues it, and a
+        // failed push leaves no claim behind.
+        let pushed: i64 = ENQUEUE_ONCE
+            .key(&key)
+            .key(keys::CERTIFICATES_NORMAL_QUEUE)
+            .arg(format!("renewal_enqueued_for:{}", record.not_after))
+            .arg(crate::progress::now())
+            .arg(task.to_string())
+            .invoke_async(&mut *conn)
             .await?;
+        if pushed == 0 {
+            continue;
+        }
         enqueued.push(record.name);
     }
     Ok(enqueued)
