@@ -150,6 +150,22 @@ impl Acme {
         }
     }
 
+    /// The service of the platform: DNS-01 through the configured zone store
+    /// ([`super::dns01::ZoneChallengeDns`]), or refused (HTTP-01 only) when the zone is misconfigured.
+    pub fn for_platform(config: Arc<Config>, redis: deadpool_redis::Pool) -> Arc<Self> {
+        let dns: Arc<dyn ChallengeDns> = match super::dns01::ZoneChallengeDns::from_config(
+            &config,
+            redis.clone(),
+        ) {
+            Ok(dns) => Arc::new(dns),
+            Err(e) => {
+                tracing::warn!(error = %e, "DNS-01 unavailable: the platform zone is misconfigured");
+                Arc::new(super::NoChallengeDns)
+            }
+        };
+        Arc::new(Self::new(config, redis, dns))
+    }
+
     /// A service on the shared configuration and Redis pool.
     pub fn from_services(services: &Services, dns: Arc<dyn ChallengeDns>) -> Self {
         Self::new(services.config.clone(), services.redis.clone(), dns)

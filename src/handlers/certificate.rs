@@ -11,9 +11,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Handler, Registry};
-use crate::acme::dns01::ZoneChallengeDns;
 use crate::acme::issue::{ISSUE_STEPS, Report};
-use crate::acme::{Acme, ChallengeDns, ChallengeKind, NoChallengeDns};
+use crate::acme::{Acme, ChallengeKind};
 use crate::context::TaskContext;
 use crate::services::Services;
 use crate::task::{Task, TaskError};
@@ -24,20 +23,9 @@ pub fn register(registry: &mut Registry, services: &Arc<Services>) {
     register_with(registry, acme_for(services));
 }
 
-/// The ACME service of `services`: DNS-01 through the configured zone store, or refused (HTTP-01
-/// only) when the zone is misconfigured.
+/// The ACME service of `services` (see [`Acme::for_platform`]).
 pub fn acme_for(services: &Services) -> Arc<Acme> {
-    let dns: Arc<dyn ChallengeDns> = match ZoneChallengeDns::from_config(
-        &services.config,
-        services.redis.clone(),
-    ) {
-        Ok(dns) => Arc::new(dns),
-        Err(e) => {
-            tracing::warn!(error = %e, "DNS-01 unavailable: the platform zone is misconfigured");
-            Arc::new(NoChallengeDns)
-        }
-    };
-    Arc::new(Acme::from_services(services, dns))
+    Acme::for_platform(services.config.clone(), services.redis.clone())
 }
 
 /// Registers the `certificate.*` handlers on `acme` (share one service with
