@@ -111,11 +111,7 @@ pub struct Recorded {
 }
 
 /// Records `update` for `task`: hash fields, TTL (24 h once terminal), and the event, atomically.
-pub async fn record<C>(
-    conn: &mut C,
-    task: &Task,
-    update: &Update<'_>,
-) -> redis::RedisResult<Recorded>
+pub async fn record<C>(conn: &mut C, task: &Task, update: &Update<'_>) -> redis::RedisResult<Recorded>
 where
     C: redis::aio::ConnectionLike + Send,
 {

@@ -21,6 +21,8 @@ pub const MAX_NAME: usize = 253;
 pub const MAX_TXT: usize = 2048;
 /// Largest total of the values of one set, in bytes, so an answer always fits a TCP message.
 pub const MAX_SET_BYTES: usize = 8192;
+/// Longest ACME challenge value (a DNS-01 value is a 43-byte digest).
+pub const MAX_CHALLENGE: usize = 255;
 /// Most values in one record set.
 pub const MAX_VALUES: usize = 32;
 /// Largest TTL accepted (one week).

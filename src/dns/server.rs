@@ -8,7 +8,7 @@
 //! authority section, wildcard synthesis, EDNS, and the TC bit when an answer does not fit in UDP
 //! (clients then retry over TCP, which is served on the same address).
 
-use std::collections::BTreeMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,11 +18,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
+use hickory_server::proto::op::{Edns, Header, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, NS, SOA, TXT};
-use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordSet as HickorySet, RrKey};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +37,7 @@ const TCP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the request handler serves, shared with the follower that replaces it.
 struct Served {
-    catalog: RwLock<Arc<Catalog>>,
+    zone: RwLock<Option<Arc<ServedZone>>>,
     serial: AtomicU32,
     announce: watch::Sender<u32>,
 }
@@ -49,16 +49,16 @@ impl Served {
         if zone.serial == 0 || zone.serial <= self.serial.load(Ordering::Acquire) {
             return Ok(false);
         }
-        let catalog = Arc::new(catalog(zone)?);
+        let built = Arc::new(ServedZone::build(zone)?);
         let mut slot = self
-            .catalog
+            .zone
             .write()
             .map_err(|_| DnsError::Server("catalog lock poisoned".into()))?;
         // Re-check under the lock: two applies may race.
         if zone.serial <= self.serial.load(Ordering::Acquire) {
             return Ok(false);
         }
-        *slot = catalog;
+        *slot = Some(built);
         self.serial.store(zone.serial, Ordering::Release);
         drop(slot);
         self.announce.send_replace(zone.serial);
@@ -66,7 +66,7 @@ impl Served {
     }
 }
 
-/// The hickory request handler: delegates to the current catalog.
+/// The hickory request handler: answers from the current [`ServedZone`].
 #[derive(Clone)]
 struct ZoneRequestHandler(Arc<Served>);
 
@@ -75,16 +75,79 @@ impl RequestHandler for ZoneRequestHandler {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
-        response_handle: R,
+        mut response_handle: R,
     ) -> ResponseInfo {
         // Clone the Arc and release the lock at once: a swap never waits for a query.
-        let catalog = match self.0.catalog.read() {
-            Ok(slot) => Arc::clone(&slot),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        let zone = match self.0.zone.read() {
+            Ok(slot) => slot.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         };
-        catalog
-            .handle_request::<R, T>(request, response_handle)
-            .await
+        let edns = request.edns.as_ref().map(|asked| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(asked.max_payload().max(512));
+            edns.set_version(0);
+            edns
+        });
+        let builder = || MessageResponseBuilder::new(&request.queries, edns.as_ref());
+        let refuse = |code| builder().error_msg(&request.metadata, code);
+        let query = match request.request_info() {
+            Ok(info) => info.query.clone(),
+            Err(_) => {
+                return send(&mut response_handle, refuse(ResponseCode::FormErr), request).await;
+            }
+        };
+        if request.metadata.message_type != MessageType::Query
+            || request.metadata.op_code != OpCode::Query
+        {
+            return send(&mut response_handle, refuse(ResponseCode::NotImp), request).await;
+        }
+        let Some(zone) = zone.filter(|z| z.origin.zone_of(query.name())) else {
+            return send(&mut response_handle, refuse(ResponseCode::Refused), request).await;
+        };
+        let found = zone.lookup(query.name(), query.query_type());
+        let mut metadata = Metadata::new(request.metadata.id, MessageType::Response, OpCode::Query);
+        metadata.authoritative = true;
+        metadata.recursion_desired = request.metadata.recursion_desired;
+        metadata.response_code = found.code;
+        let response = builder().build(
+            metadata,
+            found.answers.iter(),
+            found.authorities.iter(),
+            std::iter::empty(),
+            std::iter::empty(),
+        );
+        send(&mut response_handle, response, request).await
+    }
+}
+
+/// Sends `response`; hickory sets TC and trims it when it does not fit the client's UDP size.
+async fn send<'a, R: ResponseHandler>(
+    handle: &mut R,
+    response: hickory_server::zone_handler::MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    request: &Request,
+) -> ResponseInfo {
+    match handle.send_response(response).await {
+        Ok(info) => info,
+        Err(error) => {
+            tracing::debug!(%error, "cannot send DNS response");
+            let mut metadata = Metadata::new(
+                request.metadata.id,
+                MessageType::Response,
+                request.metadata.op_code,
+            );
+            metadata.response_code = ResponseCode::ServFail;
+            ResponseInfo::from(Header {
+                metadata,
+                counts: Default::default(),
+            })
+        }
     }
 }
 
@@ -117,7 +180,7 @@ impl DnsServer {
 
         let (announce, serial) = watch::channel(0);
         let served = Arc::new(Served {
-            catalog: RwLock::new(Arc::new(Catalog::new())),
+            zone: RwLock::new(None),
             serial: AtomicU32::new(0),
             announce,
         });
@@ -246,62 +309,169 @@ pub async fn serve(config: &Config, shutdown: CancellationToken) -> Result<(), D
     Ok(())
 }
 
-/// A hickory catalog serving `zone` alone.
-fn catalog(zone: &Zone) -> Result<Catalog, DnsError> {
-    let bad = |e: String| DnsError::Server(format!("zone {}: {e}", zone.origin));
-    let origin = Name::from_str(&zone.origin).map_err(|e| bad(e.to_string()))?;
-    let mut sets: BTreeMap<RrKey, HickorySet> = BTreeMap::new();
-    let mut add = |record: Record| {
-        let key = RrKey::new(LowerName::new(&record.name), record.record_type());
-        sets.entry(key)
-            .or_insert_with(|| {
-                HickorySet::new(record.name.clone(), record.record_type(), zone.serial)
-            })
-            .insert(record, zone.serial);
-    };
-    let ns =
-        Name::from_str(&zonefile::name_server(&zone.origin)).map_err(|e| bad(e.to_string()))?;
-    let hostmaster =
-        Name::from_str(&zonefile::hostmaster(&zone.origin)).map_err(|e| bad(e.to_string()))?;
-    add(Record::from_rdata(
-        origin.clone(),
-        zonefile::SOA_MINIMUM,
-        RData::SOA(SOA::new(
-            ns.clone(),
-            hostmaster,
-            zone.serial,
-            zonefile::SOA_REFRESH,
-            zonefile::SOA_RETRY,
-            zonefile::SOA_EXPIRE,
+/// One version of the zone, indexed for lookups.
+struct ServedZone {
+    origin: LowerName,
+    /// The SOA record, put in the authority section of negative answers.
+    soa: Record,
+    /// Records by owner and type.
+    sets: HashMap<(LowerName, RecordType), Vec<Record>>,
+    /// Every name that exists: owners and the empty non-terminals between them and the origin.
+    names: HashSet<LowerName>,
+}
+
+/// What a lookup found.
+struct Lookup {
+    code: ResponseCode,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+}
+
+/// Longest CNAME chain followed inside the zone.
+const MAX_CHAIN: usize = 8;
+
+impl ServedZone {
+    /// Indexes `zone`.
+    fn build(zone: &Zone) -> Result<Self, DnsError> {
+        let bad = |e: String| DnsError::Server(format!("zone {}: {e}", zone.origin));
+        let origin_name = Name::from_str(&zone.origin).map_err(|e| bad(e.to_string()))?;
+        let origin = LowerName::new(&origin_name);
+        let ns =
+            Name::from_str(&zonefile::name_server(&zone.origin)).map_err(|e| bad(e.to_string()))?;
+        let hostmaster =
+            Name::from_str(&zonefile::hostmaster(&zone.origin)).map_err(|e| bad(e.to_string()))?;
+        let soa = Record::from_rdata(
+            origin_name.clone(),
             zonefile::SOA_MINIMUM,
-        )),
-    ));
-    add(Record::from_rdata(
-        origin.clone(),
-        zonefile::NS_TTL,
-        RData::NS(NS(ns)),
-    ));
-    for set in &zone.sets {
-        let owner = if set.owner == "@" {
-            origin.clone()
-        } else {
-            Name::from_str(&format!("{}.{}", set.owner, zone.origin))
-                .map_err(|e| bad(e.to_string()))?
+            RData::SOA(SOA::new(
+                ns.clone(),
+                hostmaster,
+                zone.serial,
+                zonefile::SOA_REFRESH,
+                zonefile::SOA_RETRY,
+                zonefile::SOA_EXPIRE,
+                zonefile::SOA_MINIMUM,
+            )),
+        );
+        let mut this = Self {
+            origin: origin.clone(),
+            soa: soa.clone(),
+            sets: HashMap::new(),
+            names: HashSet::new(),
         };
-        for value in &set.values {
-            add(Record::from_rdata(
-                owner.clone(),
-                set.ttl,
-                rdata(set, value).map_err(bad)?,
-            ));
+        this.add(soa);
+        this.add(Record::from_rdata(
+            origin_name.clone(),
+            zonefile::NS_TTL,
+            RData::NS(NS(ns)),
+        ));
+        for set in &zone.sets {
+            let owner = if set.owner == "@" {
+                origin_name.clone()
+            } else {
+                Name::from_str(&format!("{}.{}", set.owner, zone.origin))
+                    .map_err(|e| bad(e.to_string()))?
+            };
+            for value in &set.values {
+                this.add(Record::from_rdata(
+                    owner.clone(),
+                    set.ttl,
+                    rdata(set, value).map_err(bad)?,
+                ));
+            }
+        }
+        Ok(this)
+    }
+
+    fn add(&mut self, record: Record) {
+        let owner = LowerName::new(&record.name);
+        let mut name = owner.clone();
+        // The owner and its ancestors up to the origin exist (RFC 4592 empty non-terminals).
+        while self.origin.zone_of(&name) && self.names.insert(name.clone()) && name != self.origin {
+            name = name.base_name();
+        }
+        self.sets
+            .entry((owner, record.record_type()))
+            .or_default()
+            .push(record);
+    }
+
+    /// RFC 1034 section 4.3.2 for one zone without delegations, with RFC 4592 wildcards: an
+    /// existing name (even with no data of the type asked) blocks the wildcard; a missing name is
+    /// synthesised only from `*.<closest encloser>`.
+    fn lookup(&self, qname: &LowerName, qtype: RecordType) -> Lookup {
+        let mut answers = Vec::new();
+        let mut name = qname.clone();
+        for _ in 0..MAX_CHAIN {
+            // The records at `name`, or those of the wildcard that covers it.
+            let source = if self.names.contains(&name) {
+                name.clone()
+            } else {
+                let mut closer = name.clone();
+                while !self.names.contains(&closer.base_name()) {
+                    closer = closer.base_name();
+                }
+                let wildcard = closer.into_wildcard();
+                if !self.names.contains(&wildcard) {
+                    return self.negative(ResponseCode::NXDomain, answers);
+                }
+                wildcard
+            };
+            let owned = |records: &Vec<Record>| -> Vec<Record> {
+                records
+                    .iter()
+                    .map(|r| Record::from_rdata(Name::from(name.clone()), r.ttl, r.data.clone()))
+                    .collect()
+            };
+            if qtype == RecordType::ANY {
+                let mut all: Vec<Record> = self
+                    .sets
+                    .iter()
+                    .filter(|((owner, _), _)| *owner == source)
+                    .flat_map(|(_, records)| owned(records))
+                    .collect();
+                answers.append(&mut all);
+                return self.positive(answers);
+            }
+            if let Some(records) = self.sets.get(&(source.clone(), qtype)) {
+                answers.extend(owned(records));
+                return self.positive(answers);
+            }
+            match self.sets.get(&(source.clone(), RecordType::CNAME)) {
+                Some(records) if qtype != RecordType::CNAME => {
+                    answers.extend(owned(records));
+                    let Some(RData::CNAME(CNAME(target))) = records.first().map(|r| &r.data) else {
+                        return self.positive(answers);
+                    };
+                    let target = LowerName::new(target);
+                    if !self.origin.zone_of(&target) {
+                        // Out of zone: the resolver follows it.
+                        return self.positive(answers);
+                    }
+                    name = target;
+                }
+                _ => return self.negative(ResponseCode::NoError, answers),
+            }
+        }
+        self.positive(answers)
+    }
+
+    fn positive(&self, answers: Vec<Record>) -> Lookup {
+        Lookup {
+            code: ResponseCode::NoError,
+            answers,
+            authorities: Vec::new(),
         }
     }
-    let handler: InMemoryZoneHandler =
-        InMemoryZoneHandler::new(origin.clone(), sets, ZoneType::Primary, AxfrPolicy::Deny)
-            .map_err(bad)?;
-    let mut catalog = Catalog::new();
-    catalog.upsert(LowerName::new(&origin), vec![Arc::new(handler)]);
-    Ok(catalog)
+
+    /// NXDOMAIN or NODATA: the SOA in the authority section, for negative caching (RFC 2308).
+    fn negative(&self, code: ResponseCode, answers: Vec<Record>) -> Lookup {
+        Lookup {
+            code,
+            answers,
+            authorities: vec![self.soa.clone()],
+        }
+    }
 }
 
 /// The wire form of one stored value.

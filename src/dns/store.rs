@@ -303,6 +303,16 @@ impl ZoneStore {
     pub async fn add_challenge(&self, name: &str, value: &str) -> Result<Change, DnsError> {
         let owner = self.challenge_owner(name)?;
         let value = records::canonical_value(RecordKind::Txt, value)?;
+        // DNS-01 values are 43-byte digests; the cap keeps a full set (MAX_VALUES) within
+        // MAX_SET_BYTES, so the set always passes validation when read back.
+        if value.len() > records::MAX_CHALLENGE {
+            return Err(records::RecordError::BadValue {
+                kind: RecordKind::Txt,
+                value,
+                why: "challenge values are at most 255 bytes",
+            }
+            .into());
+        }
         let ttl = 60.to_string();
         let max = records::MAX_VALUES.to_string();
         let reply: (i64, redis::Value) = self
@@ -349,17 +359,24 @@ impl ZoneStore {
             .ok_or_else(|| DnsError::Corrupt(format!("{} is not a serial", self.serial_key)))?;
         let mut sets = Vec::new();
         while let (Some(field), Some(body)) = (items.next(), items.next()) {
-            let (owner, kind) = records::parse_field(&field).ok_or_else(|| {
-                DnsError::Corrupt(format!("field {field:?} of {}", self.records_key))
-            })?;
-            let stored: StoredSet = serde_json::from_str(&body).map_err(|e| {
-                DnsError::Corrupt(format!("set {field:?} of {}: {e}", self.records_key))
-            })?;
+            let parsed = records::parse_field(&field).and_then(|(owner, kind)| {
+                serde_json::from_str::<StoredSet>(&body)
+                    .ok()
+                    .map(|stored| (owner, kind, stored))
+            });
+            let Some((owner, kind, stored)) = parsed else {
+                tracing::error!(%field, key = %self.records_key, "unreadable DNS record set in Redis left out of the zone");
+                continue;
+            };
             // Re-validate what Redis holds: another writer (or a hand edit) must not be able to put
-            // something into a zone file that the validation would have refused.
-            let set = RecordSet::new(&self.origin, &owner, kind, Some(stored.ttl), &stored.values)
-                .map_err(|e| DnsError::Corrupt(format!("set {field:?}: {e}")))?;
-            sets.push(set);
+            // something into a zone file that the validation would have refused. One bad set is
+            // left out (and logged) rather than taking the whole zone down.
+            match RecordSet::new(&self.origin, &owner, kind, Some(stored.ttl), &stored.values) {
+                Ok(set) => sets.push(set),
+                Err(error) => {
+                    tracing::error!(%field, %error, "invalid DNS record set in Redis left out of the zone")
+                }
+            }
         }
         sets.sort_by(|a, b| zonefile::owner_order(&a.owner, &b.owner).then(a.kind.cmp(&b.kind)));
         Ok(Zone {

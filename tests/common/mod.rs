@@ -2,6 +2,7 @@
 //! drop guards even when a test fails.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod pebble;
 pub mod redis_server;
 
