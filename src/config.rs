@@ -116,6 +116,14 @@ pub struct DockerConfig {
     #[arg(long, env = "INGRESS_CONTAINER", default_value = "traefik")]
     pub ingress_container: String,
 
+    /// Image of the team (and sandbox) API container, `{{ images.api }}` in the templates.
+    #[arg(long, env = "TEAM_API_IMAGE", default_value = "kanban/team-api:latest")]
+    pub team_api_image: String,
+
+    /// Image of the team web container, `{{ images.web }}` in the templates.
+    #[arg(long, env = "TEAM_WEB_IMAGE", default_value = "kanban/team-web:latest")]
+    pub team_web_image: String,
+
     /// Seconds a provision waits for its containers to become healthy.
     #[arg(long, env = "HEALTH_TIMEOUT_S", default_value_t = 60)]
     pub health_timeout_s: u64,

@@ -9,23 +9,46 @@
 //! - [`config`]: every setting, from flags and environment variables, read once.
 //! - [`queues`]: the declared queues and the JSON Schema of every task type (the portal's contract).
 //! - [`queue`]: reliable claiming from prioritized lists, acks, retries, recovery from dead workers.
+//! - [`worker`]: the consuming loop: concurrency, locks, timeouts, heartbeats, shutdown.
 //! - [`task`]: the task envelope, statuses and handler errors.
 //! - [`progress`]: the `task:<id>` hash and the events on `tasks:<user>` and resource channels.
 //! - [`context`]: what a handler sees while it runs (steps, cancellation, services).
 //! - [`handlers`]: one module per task family, each registering its task types.
 //! - [`dns`]: the platform zone: Redis state, CoreDNS zone file, embedded authoritative server.
 //! - [`services`]: what handlers share, and the seams to DNS and certificates.
-//! - [`worker`]: the consuming loop: concurrency, locks, timeouts, heartbeats, shutdown.
+//! - [`docker`]: the Docker engine wrapper and the team/sandbox provisioning engine.
+//! - [`templates`]: the team/sandbox container templates and their Traefik labels.
 //! - [`validate`]: checks of untrusted names before they reach labels, zone files or paths.
 //! - [`keys`]: every Redis key and channel name.
+//! - [`admin`], [`watch`]: what the CLI does for admins (enqueue, cancel, status, dead letters,
+//!   live progress).
+//! - [`app`], [`connections`], [`metrics`], [`shutdown`]: assembly, Redis connections, `/healthz`
+//!   and `/metrics`, graceful shutdown.
+//!
+//! # Invariants
+//! - A task is always in exactly one place: a queue list, one worker's processing list, the delayed
+//!   set, or the dead-letter list (moves between them are atomic).
+//! - Every handler is idempotent and undoes what it created when it fails or is cancelled.
+//! - Untrusted strings are validated ([`validate`]) before they reach a label, a zone file or a path.
 
 pub mod acme;
+pub mod admin;
+pub mod app;
 pub mod config;
+pub mod connections;
 pub mod context;
 pub mod dns;
+pub mod docker;
 pub mod handlers;
 pub mod keys;
+pub mod metrics;
 pub mod progress;
+pub mod queue;
+pub mod queues;
 pub mod services;
+pub mod shutdown;
 pub mod task;
+pub mod templates;
 pub mod validate;
+pub mod watch;
+pub mod worker;

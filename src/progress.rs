@@ -6,10 +6,7 @@
 //! event, so a watcher can subscribe, read the hash, then skip events with `seq` at or below the
 //! hash's: nothing is missed and nothing is shown twice.
 
-use std::sync::LazyLock;
-
 use chrono::{SecondsFormat, Utc};
-use redis::Script;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -65,10 +62,10 @@ impl Update<'_> {
     pub fn percentage(&self) -> u32 {
         if self.status == TaskStatus::Completed {
             100
-        } else if self.total_steps == 0 {
-            0
         } else {
-            (self.step.min(self.total_steps) * 100) / self.total_steps
+            (self.step.min(self.total_steps) * 100)
+                .checked_div(self.total_steps)
+                .unwrap_or(0)
         }
     }
 
@@ -99,8 +96,6 @@ redis.call('PUBLISH', ARGV[1], event)
 return {seq, redis.call('HGET', KEYS[1], 'cancel_requested') or ''}
 "#;
 
-static RECORD: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_SCRIPT));
-
 /// What recording an update found.
 #[derive(Debug, Clone, Copy)]
 pub struct Recorded {
@@ -111,10 +106,24 @@ pub struct Recorded {
 }
 
 /// Records `update` for `task`: hash fields, TTL (24 h once terminal), and the event, atomically.
-pub async fn record<C>(conn: &mut C, task: &Task, update: &Update<'_>) -> redis::RedisResult<Recorded>
+pub async fn record<C>(
+    conn: &mut C,
+    task: &Task,
+    update: &Update<'_>,
+) -> redis::RedisResult<Recorded>
 where
     C: redis::aio::ConnectionLike + Send,
 {
+    let (seq, cancel): (u64, String) = record_cmd(task, update).query_async(conn).await?;
+    Ok(Recorded {
+        seq,
+        cancel_requested: !cancel.is_empty(),
+    })
+}
+
+/// The command that records `update`, for use inside a `MULTI` with other commands. It is a plain
+/// `EVAL` (not `EVALSHA`), so it also works right after a Redis restart emptied the script cache.
+pub fn record_cmd(task: &Task, update: &Update<'_>) -> redis::Cmd {
     let timestamp = now();
     let event = TaskEvent {
         seq: 0,
@@ -138,8 +147,10 @@ where
         0
     };
     let result = update.result.map(|v| v.to_string()).unwrap_or_default();
-    let mut invocation = RECORD.key(crate::keys::task(&task.id));
-    invocation
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(RECORD_SCRIPT)
+        .arg(1)
+        .arg(crate::keys::task(&task.id))
         .arg(task.channel())
         .arg(event)
         .arg(ttl)
@@ -169,11 +180,7 @@ where
         .arg(update.worker)
         .arg("user_id")
         .arg(task.user_id.as_deref().unwrap_or(""));
-    let (seq, cancel): (u64, String) = invocation.invoke_async(conn).await?;
-    Ok(Recorded {
-        seq,
-        cancel_requested: !cancel.is_empty(),
-    })
+    cmd
 }
 
 /// A resource lifecycle event on `team:status` / `sandbox:status`.

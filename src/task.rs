@@ -86,8 +86,8 @@ impl Task {
         if generated {
             task.id = uuid::Uuid::new_v4().to_string();
         } else {
-            let parsed =
-                uuid::Uuid::parse_str(&task.id).map_err(|_| EnvelopeError::BadId(task.id.clone()))?;
+            let parsed = uuid::Uuid::parse_str(&task.id)
+                .map_err(|_| EnvelopeError::BadId(task.id.clone()))?;
             // One spelling per task, so `task:<id>` is one key whatever the producer wrote.
             task.id = parsed.hyphenated().to_string();
         }
@@ -114,7 +114,9 @@ impl Task {
     pub fn channel(&self) -> String {
         format!(
             "tasks:{}",
-            self.user_id.as_deref().unwrap_or(crate::keys::ANONYMOUS_USER)
+            self.user_id
+                .as_deref()
+                .unwrap_or(crate::keys::ANONYMOUS_USER)
         )
     }
 
@@ -259,7 +261,10 @@ mod tests {
             (br#"{"payload":{}}"#, "missing field `type`"),
             (br#"{"type":"Team Provision"}"#, "not a valid type name"),
             (br#"{"type":"a.b","id":"nope"}"#, "not a UUID"),
-            (br#"{"type":"a.b","user_id":"a b"}"#, "cannot name a channel"),
+            (
+                br#"{"type":"a.b","user_id":"a b"}"#,
+                "cannot name a channel",
+            ),
             (br#"{"type":"a.b","payload":[]}"#, "must be a JSON object"),
         ];
         for (body, reason) in cases {

@@ -8,7 +8,9 @@
 
 pub mod certificate;
 pub mod dns;
+pub mod sandbox;
 pub mod system;
+pub mod team;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -65,5 +67,7 @@ pub fn registry(services: &Arc<Services>) -> Registry {
     certificate::register(&mut registry, services);
     dns::register(&mut registry, services);
     system::register(&mut registry, services);
+    team::register(&mut registry, services);
+    sandbox::register(&mut registry, services);
     registry
 }

@@ -41,7 +41,13 @@ struct PingArgs {
 #[async_trait]
 impl Handler for Ping {
     fn total_steps(&self, task: &Task) -> u32 {
-        if task.payload.get("delay_ms").and_then(Value::as_u64).unwrap_or(0) > 0 {
+        if task
+            .payload
+            .get("delay_ms")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            > 0
+        {
             2
         } else {
             0

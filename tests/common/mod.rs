@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod docker;
 pub mod pebble;
 pub mod redis_server;
+pub mod worker;
 
 pub use pebble::Pebble;
 pub use redis_server::RedisServer;

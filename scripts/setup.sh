@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs and starts what the orchestrator and its tests need on a fresh Debian machine:
+# Redis, the Docker engine (dockerd), Pebble, dig/named-checkzone, busybox for the team images.
+# Idempotent: installs only what is missing, starts only what is not running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have redis-server || need+=(redis-server)
+have dockerd || need+=(docker.io)
+have pebble || need+=(pebble)
+have dig || need+=(bind9-dnsutils)
+have named-checkzone || need+=(bind9-utils)
+[ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
+have openssl || need+=(openssl)
+have curl || need+=(curl)
+have iptables || need+=(iptables)
+have docker-compose || need+=(docker-compose)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# The Docker engine: start it in the background unless one already answers.
+if ! docker info >/dev/null 2>&1; then
+  echo "setup: starting dockerd"
+  mkdir -p run
+  nohup dockerd >run/dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  docker info >/dev/null 2>&1 || { echo "setup: dockerd did not start; see run/dockerd.log" >&2; tail -20 run/dockerd.log >&2; exit 1; }
+fi
+
+# The local team images (no registry is reachable): built from busybox with docker import.
+if [ -x scripts/build-images.sh ]; then
+  scripts/build-images.sh
+fi
+echo "setup: ready"

@@ -1,0 +1,316 @@
+//! Admin operations behind the CLI (and used by tests and benchmarks): enqueue like the portal does,
+//! cancel, read queue depths and live workers, and manage the dead-letter list.
+
+use std::collections::BTreeMap;
+
+use deadpool_redis::Pool;
+use serde::Serialize;
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::keys;
+use crate::progress::{self, Update};
+use crate::queue::{DeadLetter, pool_error};
+use crate::queues::Definitions;
+use crate::task::{Task, TaskStatus};
+
+/// Why an admin operation failed.
+#[derive(Debug, Error)]
+pub enum AdminError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("unknown task type {0} (see queues/queues.yml)")]
+    UnknownType(String),
+    #[error("priority must be high or normal, not {0:?}")]
+    BadPriority(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no task {0}")]
+    NoSuchTask(String),
+    #[error("task {id} is already {status}")]
+    AlreadyFinished { id: String, status: String },
+    #[error("no dead-letter entry for task {0}")]
+    NoSuchDeadLetter(String),
+}
+
+impl From<deadpool_redis::PoolError> for AdminError {
+    fn from(err: deadpool_redis::PoolError) -> Self {
+        AdminError::Redis(pool_error(err))
+    }
+}
+
+/// A task to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub task_type: String,
+    pub payload: Value,
+    pub priority: String,
+    pub user_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub max_attempts: Option<u32>,
+    pub timeout_s: Option<u64>,
+}
+
+/// Enqueues `new` the way the portal does (LPUSH of the JSON envelope), after writing its progress
+/// hash as `queued`, in one transaction. Returns the task id.
+pub async fn enqueue(
+    pool: &Pool,
+    definitions: &Definitions,
+    new: NewTask,
+) -> Result<String, AdminError> {
+    if new.priority != "high" && new.priority != "normal" {
+        return Err(AdminError::BadPriority(new.priority));
+    }
+    let list = definitions
+        .list_for(&new.task_type, &new.priority)
+        .ok_or_else(|| AdminError::UnknownType(new.task_type.clone()))?;
+    definitions
+        .check_payload(&new.task_type, &new.payload)
+        .map_err(AdminError::Invalid)?;
+    let task = Task {
+        id: uuid::Uuid::new_v4().to_string(),
+        task_type: new.task_type,
+        user_id: new.user_id,
+        payload: new.payload,
+        idempotency_key: new.idempotency_key,
+        max_attempts: new.max_attempts,
+        timeout_s: new.timeout_s,
+        created_at: Some(progress::now()),
+    };
+    let body = task.to_body();
+    // Parse our own body like a worker would, so the CLI refuses what a worker would reject.
+    Task::parse(body.as_bytes(), usize::MAX).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    let update = Update {
+        status: TaskStatus::Queued,
+        step: 0,
+        total_steps: 0,
+        message: "Queued",
+        attempts: 0,
+        error: None,
+        result: None,
+        worker: "",
+    };
+    let mut conn = pool.get().await?;
+    redis::pipe()
+        .atomic()
+        .add_command(progress::record_cmd(&task, &update))
+        .ignore()
+        .cmd("LPUSH")
+        .arg(&list)
+        .arg(&body)
+        .ignore()
+        .query_async::<()>(&mut conn)
+        .await?;
+    Ok(task.id)
+}
+
+/// Asks for a task to stop: a flag in its hash (seen at its next step, or when a worker takes it)
+/// and a message to the worker running it.
+pub async fn cancel(pool: &Pool, id: &str) -> Result<(), AdminError> {
+    let mut conn = pool.get().await?;
+    let status: Option<String> = redis::cmd("HGET")
+        .arg(keys::task(id))
+        .arg("status")
+        .query_async(&mut conn)
+        .await?;
+    let Some(status) = status else {
+        return Err(AdminError::NoSuchTask(id.to_string()));
+    };
+    if TaskStatus::parse(&status).is_some_and(TaskStatus::is_terminal) {
+        return Err(AdminError::AlreadyFinished {
+            id: id.to_string(),
+            status,
+        });
+    }
+    redis::pipe()
+        .cmd("HSET")
+        .arg(keys::task(id))
+        .arg("cancel_requested")
+        .arg(progress::now())
+        .ignore()
+        .cmd("PUBLISH")
+        .arg(keys::CANCEL_CHANNEL)
+        .arg(id)
+        .ignore()
+        .query_async::<()>(&mut conn)
+        .await?;
+    Ok(())
+}
+
+/// Depths of the lists, the delayed set and the dead-letter list.
+#[derive(Debug, Clone, Serialize)]
+pub struct Depths {
+    pub lists: Vec<(String, u64)>,
+    pub delayed: u64,
+    pub dead: u64,
+}
+
+/// Reads the depths in one round trip.
+pub async fn depths(pool: &Pool, lists: &[String]) -> Result<Depths, AdminError> {
+    let mut conn = pool.get().await?;
+    let mut pipe = redis::pipe();
+    for list in lists {
+        pipe.cmd("LLEN").arg(list);
+    }
+    pipe.cmd("ZCARD").arg(keys::DELAYED);
+    pipe.cmd("LLEN").arg(keys::DEAD_LETTER);
+    let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+    let n = lists.len();
+    Ok(Depths {
+        lists: lists
+            .iter()
+            .cloned()
+            .zip(counts[..n].iter().copied())
+            .collect(),
+        delayed: counts.get(n).copied().unwrap_or(0),
+        dead: counts.get(n + 1).copied().unwrap_or(0),
+    })
+}
+
+/// A registered worker as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStatus {
+    pub id: String,
+    /// Whether its heartbeat is current.
+    pub alive: bool,
+    /// What it said about itself in its heartbeat.
+    pub info: Value,
+    /// Tasks in its processing lists.
+    pub in_flight: u64,
+}
+
+/// Everything `orchestrator status` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub depths: Depths,
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// Reads queue depths and registered workers.
+pub async fn status(pool: &Pool, lists: &[String]) -> Result<Status, AdminError> {
+    let depths = depths(pool, lists).await?;
+    let mut conn = pool.get().await?;
+    let mut ids: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys::WORKERS)
+        .query_async(&mut conn)
+        .await?;
+    ids.sort();
+    let mut workers = Vec::new();
+    for id in ids {
+        let info: Option<String> = redis::cmd("GET")
+            .arg(keys::heartbeat(&id))
+            .query_async(&mut conn)
+            .await?;
+        let mut pipe = redis::pipe();
+        for list in lists {
+            pipe.cmd("LLEN").arg(keys::processing(&id, list));
+        }
+        let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+        workers.push(WorkerStatus {
+            id,
+            alive: info.is_some(),
+            info: info
+                .and_then(|i| serde_json::from_str(&i).ok())
+                .unwrap_or(Value::Null),
+            in_flight: counts.iter().sum(),
+        });
+    }
+    Ok(Status { depths, workers })
+}
+
+/// The dead-letter entries, newest first (at most `limit`).
+pub async fn dead_list(pool: &Pool, limit: usize) -> Result<Vec<DeadLetter>, AdminError> {
+    let mut conn = pool.get().await?;
+    let raw: Vec<String> = redis::cmd("LRANGE")
+        .arg(keys::DEAD_LETTER)
+        .arg(0)
+        .arg(limit.max(1) as i64 - 1)
+        .query_async(&mut conn)
+        .await?;
+    Ok(raw
+        .iter()
+        .filter_map(|entry| serde_json::from_str(entry).ok())
+        .collect())
+}
+
+/// Puts dead-lettered tasks back on their queues (all of them, or the one with `id`), resetting
+/// their attempts. Returns the ids retried.
+pub async fn dead_retry(pool: &Pool, id: Option<&str>) -> Result<Vec<String>, AdminError> {
+    let mut conn = pool.get().await?;
+    let raw: Vec<String> = redis::cmd("LRANGE")
+        .arg(keys::DEAD_LETTER)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await?;
+    let mut retried = Vec::new();
+    for entry_text in raw {
+        let Ok(entry) = serde_json::from_str::<DeadLetter>(&entry_text) else {
+            continue;
+        };
+        if id.is_some_and(|wanted| wanted != entry.id) {
+            continue;
+        }
+        let mut fields: BTreeMap<&str, String> = BTreeMap::new();
+        fields.insert("status", "queued".into());
+        fields.insert("attempts", "0".into());
+        fields.insert("recoveries", "0".into());
+        fields.insert("error", String::new());
+        fields.insert("message", "Queued again from the dead-letter list".into());
+        fields.insert("updated_at", progress::now());
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("LREM")
+            .arg(keys::DEAD_LETTER)
+            .arg(1)
+            .arg(&entry_text)
+            .ignore();
+        pipe.cmd("HSET").arg(keys::task(&entry.id));
+        for (field, value) in &fields {
+            pipe.arg(*field).arg(value);
+        }
+        pipe.ignore()
+            .cmd("HDEL")
+            .arg(keys::task(&entry.id))
+            .arg("cancel_requested")
+            .ignore()
+            .cmd("PERSIST")
+            .arg(keys::task(&entry.id))
+            .ignore()
+            .cmd("RPUSH")
+            .arg(&entry.queue)
+            .arg(&entry.body)
+            .ignore();
+        pipe.query_async::<()>(&mut conn).await?;
+        retried.push(entry.id);
+    }
+    if let Some(id) = id
+        && retried.is_empty()
+    {
+        return Err(AdminError::NoSuchDeadLetter(id.to_string()));
+    }
+    Ok(retried)
+}
+
+/// Empties the dead-letter list; returns how many entries it held.
+pub async fn dead_purge(pool: &Pool) -> Result<u64, AdminError> {
+    let mut conn = pool.get().await?;
+    let (count, _): (u64, i64) = redis::pipe()
+        .atomic()
+        .cmd("LLEN")
+        .arg(keys::DEAD_LETTER)
+        .cmd("DEL")
+        .arg(keys::DEAD_LETTER)
+        .query_async(&mut conn)
+        .await?;
+    Ok(count)
+}
+
+/// The progress hash of a task (empty when there is none).
+pub async fn task_hash(pool: &Pool, id: &str) -> Result<BTreeMap<String, String>, AdminError> {
+    let mut conn = pool.get().await?;
+    Ok(redis::cmd("HGETALL")
+        .arg(keys::task(id))
+        .query_async(&mut conn)
+        .await?)
+}

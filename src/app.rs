@@ -1,0 +1,137 @@
+//! Assembly: from a [`Config`] to the running pieces (services, handlers, worker, metrics endpoint).
+//! The binary and the integration tests start a worker the same way, through [`start_worker`].
+
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::config::Config;
+use crate::connections::{self, ConnectionError};
+use crate::handlers;
+use crate::metrics::Metrics;
+use crate::queues::{DefinitionError, Definitions};
+use crate::dns::{self, ZoneStore};
+use crate::services::{NoCertificates, Services};
+use crate::shutdown::Shutdown;
+use crate::worker::Worker;
+
+/// Why the worker could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Definitions(#[from] DefinitionError),
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
+    #[error("cannot listen on {addr} for /healthz and /metrics: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Builds the shared services from the configuration.
+pub async fn services(config: Arc<Config>) -> Result<Arc<Services>, StartError> {
+    let redis = connections::pool(&config.redis.redis_url, config.redis.redis_pool_size)?;
+    let zone = ZoneStore::from_config(&config, redis.clone())?;
+    Ok(Arc::new(Services {
+        config,
+        redis,
+        names: Arc::new(zone),
+        certificates: Arc::new(NoCertificates),
+    }))
+}
+
+/// A worker started in the background.
+pub struct RunningWorker {
+    /// The worker's id.
+    pub id: String,
+    /// Trigger to stop it gracefully.
+    pub shutdown: Shutdown,
+    /// Address the metrics endpoint listens on, if any.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Ends when the worker has drained and stopped.
+    pub handle: JoinHandle<()>,
+}
+
+impl RunningWorker {
+    /// Stops the worker gracefully and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        let _ = self.handle.await;
+    }
+}
+
+/// Loads the declarations, builds the services and handlers, and starts a worker (and its metrics
+/// endpoint) in the background.
+pub async fn start_worker(config: Arc<Config>) -> Result<RunningWorker, StartError> {
+    let definitions = Arc::new(Definitions::load(&config.queues.queues_dir)?);
+    let services = services(config.clone()).await?;
+    let registry = handlers::registry(&services);
+    for task_type in definitions.task_types() {
+        if registry.get(task_type).is_none() {
+            tracing::warn!(
+                task_type,
+                "declared task type has no handler here; such tasks will be dead-lettered"
+            );
+        }
+    }
+    let metrics = Arc::new(Metrics::new());
+    let worker = Worker::new(services.clone(), registry, definitions, metrics.clone())?;
+    let shutdown = Shutdown::new();
+    let mut metrics_addr = None;
+    if !config.worker.metrics_addr.is_empty() {
+        let addr = config.worker.metrics_addr.clone();
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
+        metrics_addr = listener.local_addr().ok();
+        info!(addr = ?metrics_addr, "serving /healthz and /metrics");
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(err) = crate::metrics::serve(listener, metrics, stop).await {
+                tracing::error!(error = %err, "metrics endpoint stopped");
+            }
+        });
+    }
+    spawn_dns(&config, &services, &shutdown)?;
+    let id = worker.id().to_string();
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    Ok(RunningWorker {
+        id,
+        shutdown,
+        metrics_addr,
+        handle,
+    })
+}
+
+/// Every worker keeps this host's zone file in step with Redis; with `--embedded-dns` it also serves
+/// the zone itself.
+fn spawn_dns(
+    config: &Arc<Config>,
+    services: &Arc<Services>,
+    shutdown: &Shutdown,
+) -> Result<(), StartError> {
+    let store = ZoneStore::from_config(config, services.redis.clone())?;
+    let (writer_config, token) = (config.clone(), shutdown.token());
+    tokio::spawn(async move {
+        if let Err(err) = dns::run_zone_file_writer(&writer_config, store, token).await {
+            tracing::error!(error = %err, "zone file writer stopped");
+        }
+    });
+    if config.worker.embedded_dns {
+        let (server_config, token) = (config.clone(), shutdown.token());
+        tokio::spawn(async move {
+            if let Err(err) = dns::serve(&server_config, token).await {
+                tracing::error!(error = %err, "embedded DNS server stopped");
+            }
+        });
+    }
+    Ok(())
+}

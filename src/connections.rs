@@ -1,0 +1,93 @@
+//! Redis connections: the pool for ordinary commands, and dedicated connections for blocking calls.
+//!
+//! Pooled connections are multiplexed with a short response timeout; a blocking command on one would
+//! time out on the client while the server keeps it blocked, and the next push would be handed to the
+//! abandoned call (see COMPONENT-NOTES). Blocking calls therefore get connections of their own with
+//! the response timeout off, and every blocking call carries its own server-side timeout.
+
+use std::time::Duration;
+
+use deadpool_redis::{Pool, Runtime};
+use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
+use thiserror::Error;
+
+/// Why Redis could not be reached or configured.
+#[derive(Debug, Error)]
+pub enum ConnectionError {
+    #[error("invalid Redis URL {url:?}: {message}")]
+    BadUrl { url: String, message: String },
+    #[error("cannot build the Redis pool: {0}")]
+    Pool(String),
+    #[error("cannot connect to Redis: {0}")]
+    Connect(#[from] redis::RedisError),
+}
+
+/// Response timeout of pooled connections: generous enough for a slow script, short enough that a
+/// dead server is noticed.
+const POOLED_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds the pool of connections for ordinary commands.
+pub fn pool(url: &str, size: usize) -> Result<Pool, ConnectionError> {
+    let mut config = deadpool_redis::Config::from_url(url);
+    config.pool = Some(deadpool_redis::PoolConfig::new(size.max(1)));
+    let pool = config
+        .builder()
+        .map_err(|e| ConnectionError::BadUrl {
+            url: redact(url),
+            message: e.to_string(),
+        })?
+        .runtime(Runtime::Tokio1)
+        .post_create(deadpool_redis::Hook::async_fn(|conn, _| {
+            Box::pin(async move {
+                conn.set_response_timeout(POOLED_RESPONSE_TIMEOUT);
+                Ok(())
+            })
+        }))
+        .build()
+        .map_err(|e| ConnectionError::Pool(e.to_string()))?;
+    Ok(pool)
+}
+
+/// A client for dedicated connections (blocking calls, pub/sub).
+pub fn client(url: &str) -> Result<redis::Client, ConnectionError> {
+    redis::Client::open(url).map_err(|e| ConnectionError::BadUrl {
+        url: redact(url),
+        message: e.to_string(),
+    })
+}
+
+/// A dedicated connection without a response timeout, for blocking commands that carry their own.
+pub async fn blocking(client: &redis::Client) -> Result<MultiplexedConnection, ConnectionError> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(None);
+    Ok(client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?)
+}
+
+/// The URL with any password replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            super::redact("rediss://:s3cret@redis.example:6380/0"),
+            "rediss://***@redis.example:6380/0"
+        );
+        assert_eq!(
+            super::redact("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+}

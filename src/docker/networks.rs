@@ -1,0 +1,183 @@
+//! Networks: each tenant's own bridge (or the shared platform network), and the ingress container's
+//! connection to it.
+//!
+//! The engine does not refuse a second network with an existing name, and its `name` filter matches
+//! substrings, so creation is serialised inside this process and names are compared exactly; when
+//! two processes still race, the oldest network of the name wins and the extra one is removed.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bollard::models::{NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest};
+use bollard::query_parameters::ListNetworksOptionsBuilder;
+use tokio::sync::Mutex;
+
+use super::{DockerError, Engine, is_conflict, is_not_found, owned_by_us, plain};
+
+/// Serialises network creation in this process (see the module comment).
+static CREATE_LOCK: Mutex<()> = Mutex::const_new(());
+
+/// A network as found: id and whether the orchestrator owns it.
+#[derive(Debug, Clone)]
+pub struct NetworkInfo {
+    pub id: String,
+    pub name: String,
+    pub owned: bool,
+    /// Names of the containers attached.
+    pub containers: Vec<String>,
+}
+
+impl Engine {
+    /// Networks named exactly `name`, oldest first.
+    async fn networks_named(
+        &self,
+        name: &str,
+    ) -> Result<Vec<bollard::models::Network>, DockerError> {
+        let mut filters = HashMap::new();
+        filters.insert("name", vec![name]);
+        let options = ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let mut found: Vec<_> = self
+            .client()
+            .list_networks(Some(options))
+            .await
+            .map_err(|e| DockerError::engine(format!("listing networks named {name}"), e))?
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .collect();
+        found.sort_by_key(|n| n.created.as_ref().map(|c| c.to_string()));
+        Ok(found)
+    }
+
+    /// The network named exactly `name`, if any.
+    pub async fn find_network(&self, name: &str) -> Result<Option<NetworkInfo>, DockerError> {
+        let Some(network) = self.networks_named(name).await?.into_iter().next() else {
+            return Ok(None);
+        };
+        let id = network.id.clone().unwrap_or_default();
+        // The list call leaves `containers` empty; inspect fills it.
+        let containers = match self.client().inspect_network(&id, None).await {
+            Ok(inspect) => inspect
+                .containers
+                .unwrap_or_default()
+                .values()
+                .filter_map(|c| c.name.clone())
+                .collect(),
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(DockerError::engine(format!("inspecting network {name}"), e)),
+        };
+        Ok(Some(NetworkInfo {
+            id,
+            name: name.to_string(),
+            owned: owned_by_us(network.labels.as_ref()),
+            containers,
+        }))
+    }
+
+    /// Creates bridge network `name` with `labels` unless one of that exact name exists; returns
+    /// whether it was created.
+    pub async fn ensure_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<bool, DockerError> {
+        let _guard = CREATE_LOCK.lock().await;
+        if self.find_network(name).await?.is_some() {
+            return Ok(false);
+        }
+        let request = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".into()),
+            labels: Some(labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        let created = self
+            .client()
+            .create_network(request)
+            .await
+            .map_err(|e| DockerError::engine(format!("creating network {name}"), e))?;
+        // Another process may have created one at the same moment: keep the oldest.
+        let all = self.networks_named(name).await?;
+        if all.len() > 1
+            && let ours = created.id.as_str()
+            && all.first().and_then(|n| n.id.as_deref()) != Some(ours)
+        {
+            let _ = self.client().remove_network(ours).await;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Removes network `name` if it exists and is ours, disconnecting `ingress` first (a network
+    /// with endpoints cannot be removed). Returns whether a network was removed.
+    pub async fn remove_network(&self, name: &str, ingress: &str) -> Result<bool, DockerError> {
+        let Some(network) = self.find_network(name).await? else {
+            return Ok(false);
+        };
+        if !network.owned {
+            return Ok(false);
+        }
+        if !ingress.is_empty() && network.containers.iter().any(|c| c == ingress) {
+            self.disconnect(name, ingress).await?;
+        }
+        match self.client().remove_network(&network.id).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(DockerError::engine(format!("removing network {name}"), e)),
+        }
+    }
+
+    /// Connects container `container` (the ingress) to network `network` unless it already is.
+    pub async fn connect_to_network(
+        &self,
+        network: &str,
+        container: &str,
+    ) -> Result<bool, DockerError> {
+        let inspect = match self.client().inspect_container(container, None).await {
+            Ok(i) => i,
+            Err(e) if is_not_found(&e) => {
+                return Err(DockerError::Conflict(format!(
+                    "ingress container {container} not found (set INGRESS_CONTAINER to its name, or empty for none)"
+                )));
+            }
+            Err(e) => return Err(DockerError::engine(format!("inspecting {container}"), e)),
+        };
+        let attached = inspect
+            .network_settings
+            .and_then(|s| s.networks)
+            .is_some_and(|n| n.contains_key(network));
+        if attached {
+            return Ok(false);
+        }
+        let request = NetworkConnectRequest {
+            container: container.to_string(),
+            endpoint_config: None,
+        };
+        match self.client().connect_network(network, request).await {
+            Ok(()) => Ok(true),
+            // Connected meanwhile by another worker.
+            Err(e) if is_conflict(&e) || plain(&e).contains("already exists") => Ok(false),
+            Err(e) => Err(DockerError::engine(
+                format!("connecting {container} to network {network}"),
+                e,
+            )),
+        }
+    }
+
+    /// Disconnects `container` from `network`; absent either, does nothing.
+    pub async fn disconnect(&self, network: &str, container: &str) -> Result<(), DockerError> {
+        let request = NetworkDisconnectRequest {
+            container: container.to_string(),
+            force: Some(true),
+        };
+        match self.client().disconnect_network(network, request).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) if plain(&e).contains("is not connected") => Ok(()),
+            Err(e) => Err(DockerError::engine(
+                format!("disconnecting {container} from network {network}"),
+                e,
+            )),
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Operations endpoint: `/healthz` and Prometheus `/metrics` over HTTP, and the metrics themselves
+//! (tasks by type and outcome, task duration, queue depths, in-flight tasks).
+//!
+//! `/healthz` answers 200 while the worker's last Redis round trip succeeded recently, 503 otherwise,
+//! so a container orchestrator restarts a worker that lost Redis for good.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of the task counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub task_type: String,
+    pub outcome: String,
+}
+
+/// Labels of per-type metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub task_type: String,
+}
+
+/// Labels of per-queue gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabel {
+    pub queue: String,
+}
+
+/// The worker's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Finished tasks by type and outcome (completed, failed, retried, cancelled, dead_lettered).
+    pub tasks: Family<Outcome, Counter>,
+    /// Seconds one attempt took, by type.
+    pub duration: Family<TypeLabel, Histogram>,
+    /// Tasks waiting per list (sampled).
+    pub queue_depth: Family<QueueLabel, Gauge>,
+    /// Tasks waiting for a retry (sampled).
+    pub delayed: Gauge,
+    /// Entries in the dead-letter list (sampled).
+    pub dead_lettered: Gauge,
+    /// Tasks running in this process.
+    pub in_flight: Gauge,
+    /// Tasks recovered from dead workers by this process' reaper.
+    pub recovered: Counter,
+    /// Unix time (s) of the last successful Redis round trip.
+    last_redis_ok: AtomicI64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh metrics, registered under the `orchestrator` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("orchestrator");
+        let tasks = Family::<Outcome, Counter>::default();
+        let duration = Family::<TypeLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 20))
+        });
+        let queue_depth = Family::<QueueLabel, Gauge>::default();
+        let delayed = Gauge::default();
+        let dead_lettered = Gauge::default();
+        let in_flight = Gauge::default();
+        let recovered = Counter::default();
+        registry.register(
+            "tasks",
+            "Finished task attempts by type and outcome",
+            tasks.clone(),
+        );
+        registry.register(
+            "task_duration_seconds",
+            "Duration of one task attempt",
+            duration.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Tasks waiting in each list",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "delayed_tasks",
+            "Tasks waiting for a retry",
+            delayed.clone(),
+        );
+        registry.register(
+            "dead_letter_tasks",
+            "Entries in the dead-letter list",
+            dead_lettered.clone(),
+        );
+        registry.register(
+            "in_flight_tasks",
+            "Tasks running in this process",
+            in_flight.clone(),
+        );
+        registry.register(
+            "recovered_tasks",
+            "Tasks recovered from dead workers",
+            recovered.clone(),
+        );
+        Self {
+            registry,
+            tasks,
+            duration,
+            queue_depth,
+            delayed,
+            dead_lettered,
+            in_flight,
+            recovered,
+            last_redis_ok: AtomicI64::new(0),
+        }
+    }
+
+    /// Counts one finished attempt.
+    pub fn finished(&self, task_type: &str, outcome: &str, took: Duration) {
+        self.tasks
+            .get_or_create(&Outcome {
+                task_type: task_type.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&TypeLabel {
+                task_type: task_type.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Notes a successful Redis round trip.
+    pub fn redis_ok(&self) {
+        self.last_redis_ok
+            .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
+    }
+
+    /// Whether Redis answered within `within`.
+    pub fn healthy(&self, within: Duration) -> bool {
+        let last = self.last_redis_ok.load(Ordering::Relaxed);
+        chrono::Utc::now().timestamp() - last <= within.as_secs() as i64
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Serves `/healthz` and `/metrics` on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: crate::shutdown::Shutdown,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .with_state(metrics);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+}
+
+async fn healthz(State(metrics): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
+    if metrics.healthy(Duration::from_secs(30)) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n")
+    }
+}
+
+async fn metrics_text(
+    State(metrics): State<Arc<Metrics>>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
+}
