@@ -24,7 +24,8 @@ use redis::AsyncCommands;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use common::{Pebble, RedisServer, free_port};
+use common::pebble::Pebble;
+use common::{RedisServer, free_port};
 
 #[derive(Parser)]
 struct P {

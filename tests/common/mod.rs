@@ -8,7 +8,6 @@ pub mod pebble;
 pub mod redis_server;
 pub mod worker;
 
-pub use pebble::Pebble;
 pub use redis_server::RedisServer;
 
 use std::net::TcpListener;
