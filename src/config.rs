@@ -187,6 +187,15 @@ pub struct AcmeConfig {
     /// Renew a certificate this many days before it expires.
     #[arg(long, env = "RENEW_BEFORE_DAYS", default_value_t = 30)]
     pub renew_before_days: u64,
+
+    /// Seconds between two passes of the renewal scheduler over the stored certificates.
+    #[arg(long, env = "RENEW_CHECK_S", default_value_t = 3600)]
+    pub renew_check_s: u64,
+
+    /// `CERTS_DIR` as Traefik sees it (its mount point), used in the file-provider document;
+    /// default: `CERTS_DIR` itself, made absolute.
+    #[arg(long, env = "TRAEFIK_CERTS_DIR")]
+    pub traefik_certs_dir: Option<PathBuf>,
 }
 
 /// Everything a worker needs, grouped by concern.

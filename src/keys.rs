@@ -61,6 +61,23 @@ pub const TEAMS: &str = "teams";
 /// Set of all recorded sandbox slugs.
 pub const SANDBOXES: &str = "sandboxes";
 
+/// Metadata hash of a stored certificate (domains, not-after, issuer, status, serial, paths).
+pub fn certificate(name: &str) -> String {
+    format!("cert:{name}")
+}
+
+/// Set of the names of all stored certificates.
+pub const CERTIFICATES: &str = "certs";
+/// Lease held by the one worker whose renewal scheduler runs (SET NX PX, refreshed).
+pub const RENEWAL_LEASE: &str = "lock:certificate-renewal";
+/// List the renewal scheduler pushes `certificate.renew` tasks onto.
+pub const CERTIFICATES_NORMAL_QUEUE: &str = "queue:certificates:normal";
+
+/// Key authorization served by the HTTP-01 responder for `token` (short TTL).
+pub fn http01_token(token: &str) -> String {
+    format!("acme:http01:{token}")
+}
+
 /// Record sets of a DNS zone (`origin` with its trailing dot): field `<owner> <TYPE>`, value JSON.
 pub fn dns_records(origin: &str) -> String {
     format!("dns:zone:{origin}:records")

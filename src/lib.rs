@@ -5,6 +5,7 @@
 //! every step in a Redis progress hash and on pub/sub channels.
 //!
 //! # Layout
+//! - [`acme`]: certificates over ACME (account, orders, DNS-01/HTTP-01, storage for Traefik, renewal).
 //! - [`config`]: every setting, from flags and environment variables, read once.
 //! - [`queues`]: the declared queues and the JSON Schema of every task type (the portal's contract).
 //! - [`queue`]: reliable claiming from prioritized lists, acks, retries, recovery from dead workers.
@@ -30,6 +31,7 @@
 //! - Every handler is idempotent and undoes what it created when it fails or is cancelled.
 //! - Untrusted strings are validated ([`validate`]) before they reach a label, a zone file or a path.
 
+pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod config;

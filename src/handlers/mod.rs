@@ -6,6 +6,7 @@
 //! difference, so running it twice converges to the same state (delivery is at-least-once). When it
 //! fails or is cancelled half-way it undoes what this run created before returning the error.
 
+pub mod certificate;
 pub mod dns;
 pub mod sandbox;
 pub mod system;
@@ -63,6 +64,7 @@ impl Registry {
 /// Every handler the product has, wired to `services`.
 pub fn registry(services: &Arc<Services>) -> Registry {
     let mut registry = Registry::default();
+    certificate::register(&mut registry, services);
     dns::register(&mut registry, services);
     system::register(&mut registry, services);
     team::register(&mut registry, services);
