@@ -82,10 +82,7 @@ fn spawn_worker(server: &RedisServer, concurrency: usize) -> Worker {
     let child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
         .arg("worker")
         .env("REDIS_URL", server.url())
-        .env(
-            "QUEUES_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/queues"),
-        )
+        .env("QUEUES_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/queues"))
         .env("WORKER_CONCURRENCY", concurrency.to_string())
         .env("METRICS_ADDR", "")
         .env("RUST_LOG", "warn")

@@ -7,13 +7,14 @@ use thiserror::Error;
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use crate::acme::{self, Acme};
 use crate::config::Config;
 use crate::connections::{self, ConnectionError};
+use crate::dns::{self, ZoneStore};
 use crate::handlers;
 use crate::metrics::Metrics;
 use crate::queues::{DefinitionError, Definitions};
-use crate::dns::{self, ZoneStore};
-use crate::services::{NoCertificates, Services};
+use crate::services::Services;
 use crate::shutdown::Shutdown;
 use crate::worker::Worker;
 
@@ -26,7 +27,7 @@ pub enum StartError {
     Connection(#[from] ConnectionError),
     #[error(transparent)]
     Dns(#[from] crate::dns::DnsError),
-    #[error("cannot listen on {addr} for /healthz and /metrics: {source}")]
+    #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
         source: std::io::Error,
@@ -37,11 +38,12 @@ pub enum StartError {
 pub async fn services(config: Arc<Config>) -> Result<Arc<Services>, StartError> {
     let redis = connections::pool(&config.redis.redis_url, config.redis.redis_pool_size)?;
     let zone = ZoneStore::from_config(&config, redis.clone())?;
+    let certificates = Acme::for_platform(config.clone(), redis.clone());
     Ok(Arc::new(Services {
         config,
         redis,
         names: Arc::new(zone),
-        certificates: Arc::new(NoCertificates),
+        certificates,
     }))
 }
 
@@ -101,6 +103,21 @@ pub async fn start_worker(config: Arc<Config>) -> Result<RunningWorker, StartErr
         });
     }
     spawn_dns(&config, &services, &shutdown)?;
+    if !config.acme.http01_listen.is_empty() {
+        acme::http01::spawn(
+            &config.acme.http01_listen,
+            services.redis.clone(),
+            shutdown.token(),
+        )
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.acme.http01_listen.clone(),
+            source,
+        })?;
+    }
+    if config.worker.renewal_scheduler {
+        tokio::spawn(acme::renewal::run(services.clone(), shutdown.token()));
+    }
     let id = worker.id().to_string();
     let handle = tokio::spawn(worker.run(shutdown.clone()));
     Ok(RunningWorker {

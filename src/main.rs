@@ -9,9 +9,9 @@ use orchestrator::app;
 use orchestrator::config::Config;
 use orchestrator::connections;
 use orchestrator::docker::{Engine, teams};
-use orchestrator::templates::Kind;
 use orchestrator::queues::Definitions;
 use orchestrator::shutdown::Shutdown;
+use orchestrator::templates::Kind;
 use orchestrator::watch::{self, Target};
 use tracing_subscriber::EnvFilter;
 

@@ -571,7 +571,10 @@ async fn a_task_survives_its_worker_being_killed_with_sigkill() {
     let done = wait_status(&mut conn, &id, "completed", Duration::from_secs(20)).await;
     assert_eq!(done["attempts"], "2");
     assert_eq!(done["recoveries"], "1");
-    assert_eq!(done["worker"], "rescuer", "the hash names the worker that finished it");
+    assert_eq!(
+        done["worker"], "rescuer",
+        "the hash names the worker that finished it"
+    );
     assert_eq!(
         llen(&mut conn, "processing:victim:queue:provisioning:high").await,
         0

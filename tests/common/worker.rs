@@ -29,6 +29,8 @@ pub fn config(redis_url: &str, queues_dir: &Path, extra: &[&str]) -> Config {
         "",
         "--zones-dir",
         &zones,
+        "--http01-listen",
+        "",
     ];
     argv.extend_from_slice(extra);
     Args::parse_from(argv).config
@@ -98,6 +100,7 @@ impl WorkerProcess {
             .env("QUEUES_DIR", queues_dir)
             .env("METRICS_ADDR", "")
             .env("ZONES_DIR", scratch_zones_dir())
+            .env("HTTP01_LISTEN", "")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
