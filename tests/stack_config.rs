@@ -7,7 +7,7 @@
 //!   (tests/fixtures/traefik-v3-*.txt, derived from Traefik's reference documentation);
 //! - the Corefile uses only CoreDNS directives and reads its zones from the mounted zones folder;
 //! - the Dockerfile is multi-stage, non-root, has a HEALTHCHECK on /healthz and ships the three folders;
-//! - every `env = "..."` of src/config.rs is in .env.example, docs/configuration.md and the compose file.
+//! - every `env = "..."` of src/config.rs is in .env.example, README.md and the compose file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -213,7 +213,7 @@ fn setting_default(name: &str) -> String {
 fn every_setting_is_in_env_example_docs_and_compose() {
     let settings = config_settings();
     let example = read(".env.example");
-    let docs = read("docs/configuration.md");
+    let docs = read("README.md");
     let compose = yaml(&read("docker-compose.yml"), "docker-compose.yml");
     let environment = compose["services"]["orchestrator"]["environment"]
         .as_mapping()
@@ -244,7 +244,7 @@ fn every_setting_is_in_env_example_docs_and_compose() {
             problems.push(format!("{} missing from .env.example", s.env));
         }
         match doc_rows.get(&s.env) {
-            None => problems.push(format!("{} has no row in docs/configuration.md", s.env)),
+            None => problems.push(format!("{} has no row in README.md", s.env)),
             Some(row) => {
                 if let Some(default) = &s.default {
                     let default = evaluate_default(default);
@@ -252,7 +252,7 @@ fn every_setting_is_in_env_example_docs_and_compose() {
                     // | `NAME` | default | compose | meaning |
                     if cells.get(2) != Some(&format!("`{default}`").as_str()) {
                         problems.push(format!(
-                            "{}: docs/configuration.md says default {:?}, src/config.rs says {default:?}",
+                            "{}: README.md says default {:?}, src/config.rs says {default:?}",
                             s.env,
                             cells.get(2)
                         ));
@@ -271,7 +271,7 @@ fn every_setting_is_in_env_example_docs_and_compose() {
     for var in &example_vars {
         if !doc_rows.contains_key(var) {
             problems.push(format!(
-                "{var} (in .env.example) is not documented in docs/configuration.md"
+                "{var} (in .env.example) is not documented in README.md"
             ));
         }
     }
