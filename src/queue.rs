@@ -113,6 +113,15 @@ redis.call('RPUSH', KEYS[2], body)
 return {'requeued', body, n}
 "#;
 
+const MOVE_ON_SCRIPT: &str = r#"
+-- KEYS[1]: processing list, KEYS[2]: where the task goes; ARGV[1]: body, ARGV[2]: how, ARGV[3..]: args
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+if ARGV[2] == 'delay' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+elseif ARGV[2] == 'dead' then redis.call('LPUSH', KEYS[2], ARGV[3])
+elseif ARGV[2] == 'back' then redis.call('RPUSH', KEYS[2], ARGV[1]) end
+return 1
+"#;
+
 const PROMOTE_SCRIPT: &str = r#"
 -- KEYS[1]: delayed set; ARGV[1]: now (ms). Members are "<list>\n<body>".
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 500)
@@ -212,37 +221,39 @@ impl Queue {
             pipe.add_command(progress::record_cmd(task, update))
                 .ignore();
         }
-        pipe.cmd("LREM")
-            .arg(keys::processing(&self.worker, &claimed.list))
-            .arg(1)
-            .arg(&claimed.body)
-            .ignore();
+        // The move happens only if the body is still in the processing list, so running this
+        // transaction again (a retry after a lost reply) repeats nothing.
+        let processing = keys::processing(&self.worker, &claimed.list);
+        let mut move_on = redis::cmd("EVAL");
+        move_on.arg(MOVE_ON_SCRIPT).arg(2).arg(&processing);
         match then {
-            Then::Done => {}
+            Then::Done => {
+                move_on.arg(&claimed.list).arg(&claimed.body).arg("done");
+            }
             Then::RetryAfter(delay) => {
                 let due = chrono::Utc::now().timestamp_millis() + delay.as_millis() as i64;
                 let mut member = claimed.list.as_bytes().to_vec();
                 member.push(b'\n');
                 member.extend_from_slice(&claimed.body);
-                pipe.cmd("ZADD")
+                move_on
                     .arg(keys::DELAYED)
+                    .arg(&claimed.body)
+                    .arg("delay")
                     .arg(due)
-                    .arg(member)
-                    .ignore();
+                    .arg(member);
             }
             Then::DeadLetter(entry) => {
-                pipe.cmd("LPUSH")
+                move_on
                     .arg(keys::DEAD_LETTER)
-                    .arg(serde_json::to_string(entry).unwrap_or_default())
-                    .ignore();
+                    .arg(&claimed.body)
+                    .arg("dead")
+                    .arg(serde_json::to_string(entry).unwrap_or_default());
             }
             Then::PutBack => {
-                pipe.cmd("RPUSH")
-                    .arg(&claimed.list)
-                    .arg(&claimed.body)
-                    .ignore();
+                move_on.arg(&claimed.list).arg(&claimed.body).arg("back");
             }
         }
+        pipe.add_command(move_on).ignore();
         let mut conn = self.conn().await?;
         pipe.query_async::<()>(&mut conn).await
     }
@@ -342,10 +353,16 @@ impl Queue {
             if alive {
                 continue;
             }
-            for list in &self.order {
+            // Its lists by key, not by this worker's declarations: the dead worker may have
+            // consumed lists this one does not know (a rolling change of queues.yml).
+            let prefix = keys::processing(worker, "");
+            for processing in scan_keys(&mut conn, &format!("{prefix}*")).await? {
+                let Some(list) = processing.strip_prefix(&prefix) else {
+                    continue;
+                };
                 loop {
                     let outcome: Option<(String, Vec<u8>, i64)> = Script::new(RECOVER_ONE_SCRIPT)
-                        .key(keys::processing(worker, list))
+                        .key(&processing)
                         .key(list)
                         .key(keys::DEAD_LETTER)
                         .arg(max_recoveries)
@@ -455,6 +472,30 @@ pub struct Reaped {
     pub requeued: Vec<Vec<u8>>,
     /// Bodies dead-lettered as poison pills.
     pub dead: Vec<Vec<u8>>,
+}
+
+/// Every key matching `pattern` (SCAN, so Redis is never blocked on a large keyspace).
+async fn scan_keys(
+    conn: &mut deadpool_redis::Connection,
+    pattern: &str,
+) -> redis::RedisResult<Vec<String>> {
+    let mut cursor: u64 = 0;
+    let mut found = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(500)
+            .query_async(conn)
+            .await?;
+        found.extend(batch);
+        if next == 0 {
+            return Ok(found);
+        }
+        cursor = next;
+    }
 }
 
 /// Turns a pool error into a Redis error, so callers handle one error type.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use redis::Script;
 use serde_json::Value;
 use tokio::sync::{Mutex, Notify, Semaphore, watch};
@@ -39,6 +39,10 @@ const LOCK_TTL: Duration = Duration::from_secs(30);
 const ROLLBACK_GRACE: Duration = Duration::from_secs(20);
 /// Seconds an idempotency key is remembered.
 const IDEMPOTENCY_TTL_S: u64 = 24 * 3600;
+/// Most attempts a producer may ask for.
+const MAX_ATTEMPTS_CAP: u32 = 25;
+/// Longest attempt a producer may ask for (a day).
+const MAX_TIMEOUT_S: u64 = 24 * 3600;
 /// How long each waiter blocks before it re-issues its `BLMOVE`.
 const WAIT_SLICE_S: f64 = 1.0;
 
@@ -61,7 +65,8 @@ local status = redis.call('HGET', 'task:' .. first, 'status')
 if status == 'completed' then
   return {'duplicate', first, redis.call('HGET', 'task:' .. first, 'result') or ''}
 end
-if (not status) or status == 'failed' or status == 'cancelled' then
+if status == 'failed' or status == 'cancelled'
+    or redis.call('EXISTS', 'task:' .. first) == 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
   return {'proceed', ''}
 end
@@ -142,6 +147,26 @@ impl Worker {
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let concurrency = self.services.config.worker.concurrency.max(1);
         info!(worker = %self.id, concurrency, lists = ?self.queue.order(), "worker started");
+        // Register before claiming (so the reaper knows this worker's lists), and hand back what a
+        // previous life of this worker id left in its processing lists: with ids unique among live
+        // workers, those tasks belong to a process that is gone.
+        let lease = self.services.config.worker.lease();
+        let registered = self
+            .retry_redis("register the worker", || self.queue.heartbeat(lease, "{}"))
+            .await;
+        if registered.is_some()
+            && let Some(n) = self
+                .retry_redis("put back tasks of a previous run", || {
+                    self.queue.put_back_all()
+                })
+                .await
+            && n > 0
+        {
+            info!(
+                count = n,
+                "put back tasks left by a previous run of this worker id"
+            );
+        }
         let background = Shutdown::new();
         let wake = Arc::new(Notify::new());
         let (idle_tx, idle_rx) = watch::channel(0u64);
@@ -330,40 +355,34 @@ impl Worker {
             };
 
         let resource = handler.resource(task);
+        // One holder per attempt: a second copy of the same task (a producer's retried LPUSH)
+        // waits like any other task instead of sharing the lock.
+        let holder = format!("{}@{}#{attempts}", task.id, self.id);
         if let Some(resource) = &resource {
-            match self.queue.lock(resource, &task.id, LOCK_TTL).await {
-                Ok(Ok(())) => {}
-                Ok(Err(holder)) => {
-                    let message = format!("Waiting: {resource} is being changed by task {holder}");
-                    debug!(%message);
-                    let pause = Duration::from_millis(rand::random_range(250..750));
-                    return self
-                        .settle(
-                            claimed,
-                            task,
-                            TaskStatus::Queued,
-                            &message,
-                            attempts - 1,
-                            None,
-                            Then::RetryAfter(pause),
-                        )
-                        .await;
-                }
-                Err(err) => {
-                    let pause = Duration::from_millis(500);
-                    let message = format!("Waiting: cannot take the lock on {resource}: {err}");
-                    return self
-                        .settle(
-                            claimed,
-                            task,
-                            TaskStatus::Queued,
-                            &message,
-                            attempts - 1,
-                            None,
-                            Then::RetryAfter(pause),
-                        )
-                        .await;
-                }
+            let waiting = match self.queue.lock(resource, &holder, LOCK_TTL).await {
+                Ok(Ok(())) => None,
+                Ok(Err(other)) => Some(format!(
+                    "Waiting: {resource} is being changed by task {other}"
+                )),
+                Err(err) => Some(format!(
+                    "Waiting: cannot take the lock on {resource}: {err}"
+                )),
+            };
+            if let Some(message) = waiting {
+                // Requeued, not counted as an attempt; other resources proceed meanwhile.
+                debug!(%message);
+                let pause = Duration::from_millis(rand::random_range(500..1500));
+                return self
+                    .settle(
+                        claimed,
+                        task,
+                        TaskStatus::Queued,
+                        &message,
+                        attempts - 1,
+                        None,
+                        Then::RetryAfter(pause),
+                    )
+                    .await;
             }
         }
 
@@ -379,13 +398,18 @@ impl Worker {
             .lock()
             .await
             .insert(task.id.clone(), ctx.clone());
-        let keeper = resource
-            .clone()
-            .map(|r| tokio::spawn(keep_lock(self.queue.clone(), r, task.id.clone())));
+        let keeper = resource.clone().map(|r| {
+            tokio::spawn(keep_lock(
+                self.queue.clone(),
+                r,
+                holder.clone(),
+                ctx.clone(),
+            ))
+        });
         let started_message = format!("Started (attempt {attempts} of {max_attempts})");
         let timeout = task
             .timeout_s
-            .map(Duration::from_secs)
+            .map(|s| Duration::from_secs(s.clamp(1, MAX_TIMEOUT_S)))
             .unwrap_or(policy.timeout);
         let start_recorded = self
             .record(
@@ -406,13 +430,19 @@ impl Worker {
             Err(err) => Ran::Returned(Err(TaskError::Retryable(format!(
                 "could not record the start: {err}"
             )))),
-            Ok(()) => run_with_timeout(&*handler, &ctx, timeout).await,
+            Ok(cancel_requested) => {
+                // A cancel that arrived between the admission check and the in-flight entry.
+                if cancel_requested {
+                    ctx.cancel("cancelled by request").await;
+                }
+                run_with_timeout(&*handler, &ctx, timeout).await
+            }
         };
         if let Some(keeper) = keeper {
             keeper.abort();
         }
         if let Some(resource) = &resource
-            && let Err(err) = self.queue.unlock(resource, &task.id).await
+            && let Err(err) = self.queue.unlock(resource, &holder).await
         {
             warn!(error = %err, %resource, "could not release lock; it expires by itself");
         }
@@ -534,14 +564,20 @@ impl Worker {
                     .map_err(crate::queue::pool_error)?;
                 Script::new(BEGIN_SCRIPT)
                     .key(keys::task(&task.id))
-                    .invoke_async::<(u32, String, String)>(&mut conn)
+                    .invoke_async::<(i64, String, String)>(&mut conn)
                     .await
             })
             .await
         else {
+            let reason = "Redis refused to count the attempt; see the worker log";
+            self.abandon(claimed, task, reason, 0).await;
             return Admission::Settled;
         };
-        let max_attempts = task.max_attempts.unwrap_or(policy.max_attempts).max(1);
+        let attempts = u32::try_from(attempts.max(1)).unwrap_or(u32::MAX);
+        let max_attempts = task
+            .max_attempts
+            .unwrap_or(policy.max_attempts)
+            .clamp(1, MAX_ATTEMPTS_CAP);
         let total_steps = handler.total_steps(task);
         if TaskStatus::parse(&status).is_some_and(TaskStatus::is_terminal) {
             info!(%status, "task already finished; dropping the redelivered copy");
@@ -772,21 +808,57 @@ impl Worker {
     }
 
     async fn finish(&self, claimed: &Claimed, task: &Task, update: Update<'_>, then: Then<'_>) {
-        self.retry_redis("record the outcome", || {
-            self.queue
-                .finish(claimed, Some(task), Some(&update), then_ref(&then))
-        })
-        .await;
+        let recorded = self
+            .retry_redis("record the outcome", || {
+                self.queue
+                    .finish(claimed, Some(task), Some(&update), then_ref(&then))
+            })
+            .await;
+        if recorded.is_none() {
+            let reason = format!(
+                "Redis refused to record the outcome ({}); see the worker log",
+                update.message
+            );
+            self.abandon(claimed, task, &reason, update.attempts).await;
+        }
     }
 
-    async fn record(&self, task: &Task, update: &Update<'_>) -> redis::RedisResult<()> {
+    /// Dead-letters a task without touching its hash, for when Redis refuses to write the hash
+    /// (e.g. `task:<id>` is not a hash): the task is kept, with why, rather than left in a live
+    /// worker's processing list for ever.
+    async fn abandon(&self, claimed: &Claimed, task: &Task, reason: &str, attempts: u32) {
+        if self.draining.load(Ordering::SeqCst) {
+            return;
+        }
+        let entry = DeadLetter {
+            id: task.id.clone(),
+            task_type: Some(task.task_type.clone()),
+            queue: claimed.list.clone(),
+            reason: reason.to_string(),
+            failed_at: progress::now(),
+            attempts,
+            body: String::from_utf8_lossy(&claimed.body).into_owned(),
+        };
+        if let Err(err) = self
+            .queue
+            .finish(claimed, None, None, Then::DeadLetter(&entry))
+            .await
+        {
+            error!(error = %err, "cannot dead-letter either; the task stays in the processing list");
+        }
+    }
+
+    /// Records a state; returns whether a cancellation was requested.
+    async fn record(&self, task: &Task, update: &Update<'_>) -> redis::RedisResult<bool> {
         let mut conn = self
             .services
             .redis
             .get()
             .await
             .map_err(crate::queue::pool_error)?;
-        progress::record(&mut conn, task, update).await.map(|_| ())
+        progress::record(&mut conn, task, update)
+            .await
+            .map(|recorded| recorded.cancel_requested)
     }
 
     /// Retries a Redis operation with backoff until it succeeds, or gives up once the worker is
@@ -805,6 +877,10 @@ impl Worker {
                 }
                 Err(err) if self.draining.load(Ordering::SeqCst) => {
                     error!(error = %err, "cannot {what} while shutting down; left for recovery");
+                    return None;
+                }
+                Err(err) if !is_transient(&err) => {
+                    error!(error = %err, "cannot {what}: Redis refused it; not retrying");
                     return None;
                 }
                 Err(err) => {
@@ -1052,6 +1128,21 @@ impl Worker {
     }
 }
 
+/// Whether a Redis error may pass by itself (connection, timeout, loading, failover).
+fn is_transient(err: &redis::RedisError) -> bool {
+    err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || matches!(
+            err.kind(),
+            redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+                | redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
+                | redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+                | redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
+        )
+}
+
 fn then_ref<'a>(then: &'a Then<'a>) -> Then<'a> {
     match then {
         Then::Done => Then::Done,
@@ -1063,7 +1154,20 @@ fn then_ref<'a>(then: &'a Then<'a>) -> Then<'a> {
 
 /// Runs the handler; at the timeout, cancels it and gives it time to undo its work.
 async fn run_with_timeout(handler: &dyn Handler, ctx: &Arc<TaskContext>, timeout: Duration) -> Ran {
-    let run = handler.run(ctx);
+    // A panicking handler must not leave its task in the processing list of a live worker.
+    let run = std::panic::AssertUnwindSafe(handler.run(ctx))
+        .catch_unwind()
+        .map(|outcome| {
+            outcome.unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                error!(panic = %what, "handler panicked");
+                Err(TaskError::Failed(format!("handler panicked: {what}")))
+            })
+        });
     tokio::pin!(run);
     tokio::select! {
         result = &mut run => return Ran::Returned(result),
@@ -1077,14 +1181,16 @@ async fn run_with_timeout(handler: &dyn Handler, ctx: &Arc<TaskContext>, timeout
     }
 }
 
-/// Extends a resource lock until aborted.
-async fn keep_lock(queue: Queue, resource: String, holder: String) {
+/// Extends a resource lock until aborted; cancels the task if the lock is lost, since another
+/// task may then be changing the same resource.
+async fn keep_lock(queue: Queue, resource: String, holder: String, ctx: Arc<TaskContext>) {
     loop {
         tokio::time::sleep(LOCK_TTL / 3).await;
         match queue.extend_lock(&resource, &holder, LOCK_TTL).await {
             Ok(true) => {}
             Ok(false) => {
-                warn!(%resource, "lost the lock (expired while Redis was unreachable?)");
+                warn!(%resource, "lost the lock (expired while Redis was unreachable?); cancelling");
+                ctx.cancel(&format!("lost the lock on {resource}")).await;
                 return;
             }
             Err(err) => debug!(error = %err, %resource, "cannot extend lock; retrying"),

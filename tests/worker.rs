@@ -741,3 +741,66 @@ async fn dead_letters_can_be_retried_and_purged() {
     assert_eq!(dead_entries(&mut conn).await.len(), 0);
     running.stop().await;
 }
+
+#[tokio::test]
+async fn a_worker_restarted_under_its_id_hands_back_what_its_previous_life_held() {
+    let server = RedisServer::start();
+    let queues = worker::quick_queues();
+    let mut conn = server.conn().await;
+    let id = new_id();
+    // What a SIGKILLed `fixed` left behind; its heartbeat would be fresh again at once.
+    push(
+        &mut conn,
+        "processing:fixed:queue:dns:high",
+        &ping(&id, json!({})),
+    )
+    .await;
+    let running = worker::start(worker::config(
+        &server.url(),
+        queues.path(),
+        &["--worker-id", "fixed"],
+    ))
+    .await;
+    let done = wait_status(&mut conn, &id, "completed", Duration::from_secs(5)).await;
+    assert_eq!(done["worker"], "fixed");
+    assert_eq!(llen(&mut conn, "processing:fixed:queue:dns:high").await, 0);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_task_whose_outcome_redis_refuses_is_dead_lettered_not_stuck() {
+    let server = RedisServer::start();
+    let queues = worker::quick_queues();
+    let mut conn = server.conn().await;
+    let running = worker::start(worker::config(&server.url(), queues.path(), &[])).await;
+    let id = new_id();
+    // Something else owns `task:<id>` as a plain string: every hash write fails with WRONGTYPE.
+    let _: () = redis::cmd("SET")
+        .arg(format!("task:{id}"))
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    push(&mut conn, "queue:dns:normal", &ping(&id, json!({}))).await;
+    let dead = eventually("the task dead-lettered", Duration::from_secs(5), || {
+        let mut conn = conn.clone();
+        async move {
+            let dead = dead_entries(&mut conn).await;
+            (!dead.is_empty()).then_some(dead)
+        }
+    })
+    .await;
+    assert_eq!(dead[0]["id"], id.as_str());
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Redis refused")
+    );
+    assert_eq!(llen(&mut conn, "queue:dns:normal").await, 0);
+    // And the worker goes on.
+    let next = new_id();
+    push(&mut conn, "queue:dns:normal", &ping(&next, json!({}))).await;
+    wait_status(&mut conn, &next, "completed", Duration::from_secs(5)).await;
+    running.stop().await;
+}

@@ -330,7 +330,9 @@ pub fn container_body(rendered: &Rendered, spec: &ContainerSpec) -> ContainerCre
         cmd: spec.command.clone(),
         env: Some(spec.env.clone()),
         labels: Some(labels),
-        hostname: Some(spec.name.clone()),
+        // The service name, not the container name: a hostname is at most 63 bytes, and a
+        // 63-character slug makes `sandbox-<slug>-api` longer than that.
+        hostname: Some(spec.service.clone()),
         healthcheck: spec.healthcheck.as_ref().map(|h| HealthConfig {
             test: Some(h.test.clone()),
             interval: Some(h.interval_ns),
