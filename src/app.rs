@@ -82,7 +82,15 @@ pub async fn start_worker(config: Arc<Config>) -> Result<RunningWorker, StartErr
         }
     }
     let metrics = Arc::new(Metrics::new());
-    let worker = Worker::new(services.clone(), registry, definitions, metrics.clone())?;
+    let client = connections::client(&config.redis.redis_url)?;
+    let conn = connections::manager(&client, std::time::Duration::from_secs(30)).await?;
+    let worker = Worker::new(
+        services.clone(),
+        registry,
+        definitions,
+        metrics.clone(),
+        conn,
+    )?;
     let shutdown = Shutdown::new();
     let mut metrics_addr = None;
     if !config.worker.metrics_addr.is_empty() {

@@ -67,6 +67,35 @@ pub async fn blocking(client: &redis::Client) -> Result<MultiplexedConnection, C
         .await?)
 }
 
+/// A multiplexed connection that reconnects by itself, for the worker's hot path: unlike a pooled
+/// connection it needs no health-check round trip per use. Waits up to `patience` for Redis at start.
+pub async fn manager(
+    client: &redis::Client,
+    patience: Duration,
+) -> Result<redis::aio::ConnectionManager, ConnectionError> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(POOLED_RESPONSE_TIMEOUT));
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match client
+            .get_connection_manager_with_config(config.clone())
+            .await
+        {
+            Ok(manager) => return Ok(manager),
+            Err(err) if tokio::time::Instant::now() + pause > deadline => {
+                return Err(ConnectionError::Connect(err));
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in = ?pause, "Redis not reachable yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
 /// The URL with any password replaced, for messages and logs.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

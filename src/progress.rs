@@ -6,7 +6,10 @@
 //! event, so a watcher can subscribe, read the hash, then skip events with `seq` at or below the
 //! hash's: nothing is missed and nothing is shown twice.
 
+use std::sync::LazyLock;
+
 use chrono::{SecondsFormat, Utc};
+use redis::Script;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -81,20 +84,29 @@ impl Update<'_> {
     }
 }
 
-const RECORD_SCRIPT: &str = r#"
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local fields = {}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], unpack(fields))
-if redis.call('HEXISTS', KEYS[1], 'created_at') == 0 then
-  redis.call('HSET', KEYS[1], 'created_at', ARGV[5])
+/// The Lua function that records one update: shared by [`RECORD`] and by the queue's finishing
+/// script, so the hash layout is written in one place. `a` holds the channel, the event (whose
+/// `"seq":0` prefix is replaced), the TTL, then field/value pairs starting with `updated_at`.
+pub const RECORD_FN: &str = r#"
+local function record(key, a)
+  local seq = redis.call('HINCRBY', key, 'seq', 1)
+  local fields = {}
+  for i = 4, #a do fields[#fields + 1] = a[i] end
+  redis.call('HSET', key, unpack(fields))
+  if redis.call('HEXISTS', key, 'created_at') == 0 then
+    redis.call('HSET', key, 'created_at', a[5])
+  end
+  local ttl = tonumber(a[3])
+  if ttl > 0 then redis.call('EXPIRE', key, ttl) else redis.call('PERSIST', key) end
+  local event = string.gsub(a[2], '^{"seq":0', '{"seq":' .. seq, 1)
+  redis.call('PUBLISH', a[1], event)
+  return {seq, redis.call('HGET', key, 'cancel_requested') or ''}
 end
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) else redis.call('PERSIST', KEYS[1]) end
-local event = string.gsub(ARGV[2], '^{"seq":0', '{"seq":' .. seq, 1)
-redis.call('PUBLISH', ARGV[1], event)
-return {seq, redis.call('HGET', KEYS[1], 'cancel_requested') or ''}
 "#;
+
+/// Records one update: `KEYS[1]` the hash, `ARGV` as [`record_args`] builds them.
+static RECORD: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{RECORD_FN}\nreturn record(KEYS[1], ARGV)\n")));
 
 /// What recording an update found.
 #[derive(Debug, Clone, Copy)]
@@ -105,7 +117,8 @@ pub struct Recorded {
     pub cancel_requested: bool,
 }
 
-/// Records `update` for `task`: hash fields, TTL (24 h once terminal), and the event, atomically.
+/// Records `update` for `task`: hash fields, TTL (24 h once terminal), and the event, atomically
+/// and in one round trip (`EVALSHA`, loaded again if a Redis restart emptied the script cache).
 pub async fn record<C>(
     conn: &mut C,
     task: &Task,
@@ -114,16 +127,30 @@ pub async fn record<C>(
 where
     C: redis::aio::ConnectionLike + Send,
 {
-    let (seq, cancel): (u64, String) = record_cmd(task, update).query_async(conn).await?;
+    let (seq, cancel): (u64, String) = RECORD
+        .key(crate::keys::task(&task.id))
+        .arg(record_args(task, update))
+        .invoke_async(conn)
+        .await?;
     Ok(Recorded {
         seq,
         cancel_requested: !cancel.is_empty(),
     })
 }
 
-/// The command that records `update`, for use inside a `MULTI` with other commands. It is a plain
-/// `EVAL` (not `EVALSHA`), so it also works right after a Redis restart emptied the script cache.
+/// The command that records `update` as a plain `EVAL`, for use inside a `MULTI` with other
+/// commands (there `EVALSHA` could not reload a script a Redis restart dropped).
 pub fn record_cmd(task: &Task, update: &Update<'_>) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(format!("{RECORD_FN}\nreturn record(KEYS[1], ARGV)\n"))
+        .arg(1)
+        .arg(crate::keys::task(&task.id))
+        .arg(record_args(task, update));
+    cmd
+}
+
+/// The arguments of the `record` Lua function for `update`.
+pub fn record_args(task: &Task, update: &Update<'_>) -> Vec<String> {
     let timestamp = now();
     let event = TaskEvent {
         seq: 0,
@@ -140,47 +167,42 @@ pub fn record_cmd(task: &Task, update: &Update<'_>) -> redis::Cmd {
         result: update.result,
         timestamp: timestamp.clone(),
     };
-    let event = serde_json::to_string(&event).unwrap_or_default();
     let ttl = if update.status.is_terminal() {
         FINISHED_TTL_S
     } else {
         0
     };
-    let result = update.result.map(|v| v.to_string()).unwrap_or_default();
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(RECORD_SCRIPT)
-        .arg(1)
-        .arg(crate::keys::task(&task.id))
-        .arg(task.channel())
-        .arg(event)
-        .arg(ttl)
-        .arg("updated_at")
-        .arg(&timestamp)
-        .arg("id")
-        .arg(&task.id)
-        .arg("type")
-        .arg(&task.task_type)
-        .arg("status")
-        .arg(update.status.as_str())
-        .arg("step")
-        .arg(update.step)
-        .arg("total_steps")
-        .arg(update.total_steps)
-        .arg("message")
-        .arg(update.message)
-        .arg("percentage")
-        .arg(update.percentage())
-        .arg("attempts")
-        .arg(update.attempts)
-        .arg("error")
-        .arg(update.error.unwrap_or(""))
-        .arg("result")
-        .arg(result)
-        .arg("worker")
-        .arg(update.worker)
-        .arg("user_id")
-        .arg(task.user_id.as_deref().unwrap_or(""));
-    cmd
+    vec![
+        task.channel(),
+        serde_json::to_string(&event).unwrap_or_default(),
+        ttl.to_string(),
+        "updated_at".into(),
+        timestamp,
+        "id".into(),
+        task.id.clone(),
+        "type".into(),
+        task.task_type.clone(),
+        "status".into(),
+        update.status.as_str().into(),
+        "step".into(),
+        update.step.to_string(),
+        "total_steps".into(),
+        update.total_steps.to_string(),
+        "message".into(),
+        update.message.to_string(),
+        "percentage".into(),
+        update.percentage().to_string(),
+        "attempts".into(),
+        update.attempts.to_string(),
+        "error".into(),
+        update.error.unwrap_or("").to_string(),
+        "result".into(),
+        update.result.map(|v| v.to_string()).unwrap_or_default(),
+        "worker".into(),
+        update.worker.to_string(),
+        "user_id".into(),
+        task.user_id.clone().unwrap_or_default(),
+    ]
 }
 
 /// A resource lifecycle event on `team:status` / `sandbox:status`.

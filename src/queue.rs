@@ -25,8 +25,10 @@
 
 use std::time::Duration;
 
-use deadpool_redis::Pool;
+use std::sync::LazyLock;
+
 use redis::Script;
+use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use crate::keys;
@@ -113,14 +115,27 @@ redis.call('RPUSH', KEYS[2], body)
 return {'requeued', body, n}
 "#;
 
-const MOVE_ON_SCRIPT: &str = r#"
--- KEYS[1]: processing list, KEYS[2]: where the task goes; ARGV[1]: body, ARGV[2]: how, ARGV[3..]: args
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-if ARGV[2] == 'delay' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-elseif ARGV[2] == 'dead' then redis.call('LPUSH', KEYS[2], ARGV[3])
-elseif ARGV[2] == 'back' then redis.call('RPUSH', KEYS[2], ARGV[1]) end
+/// Finishes a claimed task. KEYS: processing list, where the task goes, its hash. ARGV: body,
+/// how (`done`, `delay`, `dead`, `back`), two arguments of how, `1` to record, the record's args.
+static FINISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{}{}",
+        progress::RECORD_FN,
+        r#"
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  if ARGV[2] == 'delay' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+  elseif ARGV[2] == 'dead' then redis.call('LPUSH', KEYS[2], ARGV[3])
+  elseif ARGV[2] == 'back' then redis.call('RPUSH', KEYS[2], ARGV[1]) end
+end
+if ARGV[5] == '1' then
+  local a = {}
+  for i = 6, #ARGV do a[#a + 1] = ARGV[i] end
+  record(KEYS[3], a)
+end
 return 1
-"#;
+"#
+    ))
+});
 
 const PROMOTE_SCRIPT: &str = r#"
 -- KEYS[1]: delayed set; ARGV[1]: now (ms). Members are "<list>\n<body>".
@@ -145,10 +160,16 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 "#;
 
+static REPLACE: LazyLock<Script> = LazyLock::new(|| Script::new(REPLACE_SCRIPT));
+static RECOVER_ONE: LazyLock<Script> = LazyLock::new(|| Script::new(RECOVER_ONE_SCRIPT));
+static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(PROMOTE_SCRIPT));
+static RELEASE_LOCK: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LOCK_SCRIPT));
+static EXTEND_LOCK: LazyLock<Script> = LazyLock::new(|| Script::new(EXTEND_LOCK_SCRIPT));
+
 /// What a worker needs to talk to the queues.
 #[derive(Clone)]
 pub struct Queue {
-    pool: Pool,
+    conn: ConnectionManager,
     worker: String,
     /// Lists in claim order.
     order: Vec<String>,
@@ -156,9 +177,9 @@ pub struct Queue {
 
 impl Queue {
     /// The queues of `worker`, claiming from `order` (priority order).
-    pub fn new(pool: Pool, worker: String, order: Vec<String>) -> Self {
+    pub fn new(conn: ConnectionManager, worker: String, order: Vec<String>) -> Self {
         Self {
-            pool,
+            conn,
             worker,
             order,
         }
@@ -197,7 +218,7 @@ impl Queue {
     /// re-delivers the same task.
     pub async fn replace(&self, list: &str, old: &[u8], new: &str) -> redis::RedisResult<()> {
         let mut conn = self.conn().await?;
-        let _: i64 = Script::new(REPLACE_SCRIPT)
+        let _: i64 = REPLACE
             .key(keys::processing(&self.worker, list))
             .arg(old)
             .arg(new)
@@ -215,47 +236,52 @@ impl Queue {
         update: Option<&Update<'_>>,
         then: Then<'_>,
     ) -> redis::RedisResult<()> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        if let (Some(task), Some(update)) = (task, update) {
-            pipe.add_command(progress::record_cmd(task, update))
-                .ignore();
-        }
-        // The move happens only if the body is still in the processing list, so running this
-        // transaction again (a retry after a lost reply) repeats nothing.
+        // One script: the move happens only if the body is still in the processing list, so
+        // running it again (a retry after a lost reply) repeats nothing but the record.
         let processing = keys::processing(&self.worker, &claimed.list);
-        let mut move_on = redis::cmd("EVAL");
-        move_on.arg(MOVE_ON_SCRIPT).arg(2).arg(&processing);
-        match then {
-            Then::Done => {
-                move_on.arg(&claimed.list).arg(&claimed.body).arg("done");
-            }
+        let mut invocation = FINISH.prepare_invoke();
+        invocation.key(&processing);
+        let (target, how, first, second): (String, &str, Vec<u8>, Vec<u8>) = match then {
+            Then::Done => (processing.clone(), "done", vec![], vec![]),
             Then::RetryAfter(delay) => {
                 let due = chrono::Utc::now().timestamp_millis() + delay.as_millis() as i64;
                 let mut member = claimed.list.as_bytes().to_vec();
                 member.push(b'\n');
                 member.extend_from_slice(&claimed.body);
-                move_on
-                    .arg(keys::DELAYED)
-                    .arg(&claimed.body)
-                    .arg("delay")
-                    .arg(due)
-                    .arg(member);
+                (
+                    keys::DELAYED.into(),
+                    "delay",
+                    due.to_string().into_bytes(),
+                    member,
+                )
             }
-            Then::DeadLetter(entry) => {
-                move_on
-                    .arg(keys::DEAD_LETTER)
-                    .arg(&claimed.body)
-                    .arg("dead")
-                    .arg(serde_json::to_string(entry).unwrap_or_default());
+            Then::DeadLetter(entry) => (
+                keys::DEAD_LETTER.into(),
+                "dead",
+                serde_json::to_vec(entry).unwrap_or_default(),
+                vec![],
+            ),
+            Then::PutBack => (claimed.list.clone(), "back", vec![], vec![]),
+        };
+        invocation.key(target);
+        invocation
+            .arg(&claimed.body)
+            .arg(how)
+            .arg(first)
+            .arg(second);
+        match (task, update) {
+            (Some(task), Some(update)) => {
+                invocation
+                    .key(keys::task(&task.id))
+                    .arg("1")
+                    .arg(progress::record_args(task, update));
             }
-            Then::PutBack => {
-                move_on.arg(&claimed.list).arg(&claimed.body).arg("back");
+            _ => {
+                invocation.key(&processing).arg("0");
             }
         }
-        pipe.add_command(move_on).ignore();
         let mut conn = self.conn().await?;
-        pipe.query_async::<()>(&mut conn).await
+        invocation.invoke_async::<i64>(&mut conn).await.map(|_| ())
     }
 
     /// Moves every task left in this worker's processing lists back to the pop end of its source
@@ -285,7 +311,7 @@ impl Queue {
     /// Moves due delayed tasks back to their lists. Returns how many.
     pub async fn promote_due(&self) -> redis::RedisResult<usize> {
         let mut conn = self.conn().await?;
-        Script::new(PROMOTE_SCRIPT)
+        PROMOTE
             .key(keys::DELAYED)
             .arg(chrono::Utc::now().timestamp_millis())
             .invoke_async(&mut conn)
@@ -361,7 +387,7 @@ impl Queue {
                     continue;
                 };
                 loop {
-                    let outcome: Option<(String, Vec<u8>, i64)> = Script::new(RECOVER_ONE_SCRIPT)
+                    let outcome: Option<(String, Vec<u8>, i64)> = RECOVER_ONE
                         .key(&processing)
                         .key(list)
                         .key(keys::DEAD_LETTER)
@@ -382,7 +408,7 @@ impl Queue {
                 .query_async(&mut conn)
                 .await?;
         }
-        let _: i64 = Script::new(RELEASE_LOCK_SCRIPT)
+        let _: i64 = RELEASE_LOCK
             .key(keys::REAPER_LOCK)
             .arg(&self.worker)
             .invoke_async(&mut conn)
@@ -427,7 +453,7 @@ impl Queue {
         ttl: Duration,
     ) -> redis::RedisResult<bool> {
         let mut conn = self.conn().await?;
-        let extended: i64 = Script::new(EXTEND_LOCK_SCRIPT)
+        let extended: i64 = EXTEND_LOCK
             .key(keys::resource_lock(resource))
             .arg(holder)
             .arg(ttl.as_millis() as u64)
@@ -439,7 +465,7 @@ impl Queue {
     /// Releases a lock if `holder` still holds it.
     pub async fn unlock(&self, resource: &str, holder: &str) -> redis::RedisResult<()> {
         let mut conn = self.conn().await?;
-        let _: i64 = Script::new(RELEASE_LOCK_SCRIPT)
+        let _: i64 = RELEASE_LOCK
             .key(keys::resource_lock(resource))
             .arg(holder)
             .invoke_async(&mut conn)
@@ -447,8 +473,8 @@ impl Queue {
         Ok(())
     }
 
-    async fn conn(&self) -> redis::RedisResult<deadpool_redis::Connection> {
-        self.pool.get().await.map_err(pool_error)
+    async fn conn(&self) -> redis::RedisResult<ConnectionManager> {
+        Ok(self.conn.clone())
     }
 }
 
@@ -475,10 +501,10 @@ pub struct Reaped {
 }
 
 /// Every key matching `pattern` (SCAN, so Redis is never blocked on a large keyspace).
-async fn scan_keys(
-    conn: &mut deadpool_redis::Connection,
-    pattern: &str,
-) -> redis::RedisResult<Vec<String>> {
+async fn scan_keys<C>(conn: &mut C, pattern: &str) -> redis::RedisResult<Vec<String>>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
     let mut cursor: u64 = 0;
     let mut found = Vec::new();
     loop {

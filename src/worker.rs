@@ -8,8 +8,8 @@
 //! processing list and is recovered, never dropped.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
@@ -73,6 +73,9 @@ end
 return {'wait', first}
 "#;
 
+static BEGIN: LazyLock<Script> = LazyLock::new(|| Script::new(BEGIN_SCRIPT));
+static IDEMPOTENCY: LazyLock<Script> = LazyLock::new(|| Script::new(IDEMPOTENCY_SCRIPT));
+
 /// One worker process.
 pub struct Worker {
     id: String,
@@ -80,6 +83,8 @@ pub struct Worker {
     registry: Registry,
     definitions: Arc<Definitions>,
     queue: Queue,
+    /// Multiplexed, self-reconnecting connection for the per-task round trips.
+    conn: redis::aio::ConnectionManager,
     client: redis::Client,
     metrics: Arc<Metrics>,
     /// Contexts of running tasks by id, so a cancel message can reach them.
@@ -111,6 +116,7 @@ impl Worker {
         registry: Registry,
         definitions: Arc<Definitions>,
         metrics: Arc<Metrics>,
+        conn: redis::aio::ConnectionManager,
     ) -> Result<Arc<Self>, connections::ConnectionError> {
         let config = &services.config;
         let id = config
@@ -119,17 +125,14 @@ impl Worker {
             .clone()
             .unwrap_or_else(default_worker_id);
         let client = connections::client(&config.redis.redis_url)?;
-        let queue = Queue::new(
-            services.redis.clone(),
-            id.clone(),
-            definitions.claim_order(),
-        );
+        let queue = Queue::new(conn.clone(), id.clone(), definitions.claim_order());
         Ok(Arc::new(Self {
             id,
             services,
             registry,
             definitions,
             queue,
+            conn,
             client,
             metrics,
             in_flight: Mutex::new(HashMap::new()),
@@ -556,13 +559,8 @@ impl Worker {
     ) -> Admission {
         let Some((attempts, status, cancel)) = self
             .retry_redis("count the attempt", || async {
-                let mut conn = self
-                    .services
-                    .redis
-                    .get()
-                    .await
-                    .map_err(crate::queue::pool_error)?;
-                Script::new(BEGIN_SCRIPT)
+                let mut conn = self.conn.clone();
+                BEGIN
                     .key(keys::task(&task.id))
                     .invoke_async::<(i64, String, String)>(&mut conn)
                     .await
@@ -611,13 +609,8 @@ impl Worker {
         if let Some(key) = &task.idempotency_key {
             let verdict = self
                 .retry_redis("check the idempotency key", || async {
-                    let mut conn = self
-                        .services
-                        .redis
-                        .get()
-                        .await
-                        .map_err(crate::queue::pool_error)?;
-                    Script::new(IDEMPOTENCY_SCRIPT)
+                    let mut conn = self.conn.clone();
+                    IDEMPOTENCY
                         .key(keys::idempotency(key))
                         .arg(&task.id)
                         .arg(IDEMPOTENCY_TTL_S)
@@ -850,12 +843,7 @@ impl Worker {
 
     /// Records a state; returns whether a cancellation was requested.
     async fn record(&self, task: &Task, update: &Update<'_>) -> redis::RedisResult<bool> {
-        let mut conn = self
-            .services
-            .redis
-            .get()
-            .await
-            .map_err(crate::queue::pool_error)?;
+        let mut conn = self.conn.clone();
         progress::record(&mut conn, task, update)
             .await
             .map(|recorded| recorded.cancel_requested)
@@ -973,9 +961,7 @@ impl Worker {
     }
 
     async fn read_attempts(&self, id: &str) -> u32 {
-        let Ok(mut conn) = self.services.redis.get().await else {
-            return 0;
-        };
+        let mut conn = self.conn.clone();
         redis::cmd("HGET")
             .arg(keys::task(id))
             .arg("attempts")
