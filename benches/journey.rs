@@ -322,9 +322,15 @@ async fn main() {
         "{:<36} {:>12}   {:<46} {:>12}",
         "step (through the queue)", "ms", "raw baseline (same run)", "ms"
     );
+    // A zero on the left means "no journey figure for this baseline row".
     let row = |a: &str, x: Duration, b: &str, y: Option<Duration>| {
+        let x = if x.is_zero() {
+            String::new()
+        } else {
+            format!("{:.0}", ms(x))
+        };
         let y = y.map(|y| format!("{:>12.0}", ms(y))).unwrap_or_default();
-        println!("{a:<36} {:>12.0}   {b:<46} {y}", ms(x));
+        println!("{a:<36} {x:>12}   {b:<46} {y}");
     };
     row("queue pickup (LPUSH -> Started)", m(|s| s.pickup), "", None);
     row(
