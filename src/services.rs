@@ -33,6 +33,12 @@ pub trait CertificateIssuer: Send + Sync {
         name: &str,
         domains: &[String],
     ) -> Result<Value, TaskError>;
+
+    /// Stops serving the certificate `name` and forgets it: its entry in Traefik's document, its
+    /// metadata, its files (so a deleted tenant leaves no served certificate, and the renewal
+    /// scheduler no longer sees it). Removing a certificate that does not exist succeeds. Returns a
+    /// line for the progress message.
+    async fn remove_certificate(&self, name: &str) -> Result<String, TaskError>;
 }
 
 /// A registry that publishes no names: says so in the progress message, changes nothing.
@@ -62,6 +68,13 @@ impl CertificateIssuer for NoCertificates {
         Err(TaskError::Failed(format!(
             "certificate for {name} requested but no ACME issuer is configured"
         )))
+    }
+
+    async fn remove_certificate(&self, name: &str) -> Result<String, TaskError> {
+        // Nothing can have been issued without an issuer.
+        Ok(format!(
+            "Certificates not configured: none to remove for {name}"
+        ))
     }
 }
 

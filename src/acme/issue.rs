@@ -551,6 +551,24 @@ impl CertificateIssuer for Acme {
         value["reused"] = json!(false);
         Ok(value)
     }
+
+    async fn remove_certificate(&self, name: &str) -> Result<String, TaskError> {
+        validate::dns_label("certificate name", name)?;
+        if name == TRAEFIK_DIR {
+            return Err(TaskError::Invalid(format!(
+                "certificate name {name:?} is reserved for Traefik's document"
+            )));
+        }
+        // Not revoked at the CA: the private key is deleted with the files, so nobody can use the
+        // certificate any more, and a deletion does not depend on the CA being reachable.
+        Ok(match self.store.remove(name).await? {
+            Some(record) => format!(
+                "Certificate {name} (serial {}) removed and no longer served",
+                record.serial
+            ),
+            None => format!("Certificate {name}: none stored"),
+        })
+    }
 }
 
 /// `*.team-a.localhost` → `wildcard-team-a-localhost`.

@@ -324,6 +324,32 @@ impl CertStore {
         Ok(Some(record))
     }
 
+    /// Forgets `name`: its metadata and set entry, then Traefik's document (rebuilt without it),
+    /// then its folder. Returns the record it had, if any. Safe to repeat: a run interrupted half-way
+    /// finishes the job the next time (the document is rebuilt and the folder removed whatever Redis
+    /// still says).
+    pub async fn remove(&self, name: &str) -> Result<Option<CertRecord>, TaskError> {
+        let record = self.get(name).await?;
+        {
+            let mut conn = self.redis.get().await?;
+            let _: () = deadpool_redis::redis::pipe()
+                .atomic()
+                .del(keys::certificate(name))
+                .srem(keys::CERTIFICATES, name)
+                .query_async(&mut *conn)
+                .await?;
+        }
+        // Traefik stops being pointed at the files before they disappear.
+        self.write_traefik_doc().await?;
+        let dir = self.certs_dir.join(name);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(AcmeError::file(&dir, e).into());
+        }
+        Ok(record)
+    }
+
     /// Rebuilds Traefik's document from every valid stored certificate whose files exist.
     pub async fn write_traefik_doc(&self) -> Result<(), TaskError> {
         #[derive(Serialize)]

@@ -535,10 +535,11 @@ async fn rollback(
 
 /// Steps [`delete`] reports.
 pub fn delete_steps(purge: bool) -> u32 {
-    4 + u32::from(purge)
+    5 + u32::from(purge)
 }
 
-/// Deletes tenant `slug`: containers, network, DNS name, and the volume only with `purge_data`.
+/// Deletes tenant `slug`: containers, network, DNS name, certificate, and the volume only with
+/// `purge_data`.
 /// Deleting what does not exist succeeds.
 pub async fn delete(
     engine: &Engine,
@@ -568,6 +569,13 @@ pub async fn delete(
     };
     progress.step("Removing DNS name").await?;
     let line = services.names.remove_name(slug).await?;
+    progress.note(&line).await?;
+    // A deleted tenant must not leave a certificate served (or renewed) for its name.
+    progress.step("Removing certificate").await?;
+    let line = services
+        .certificates
+        .remove_certificate(&kind.prefix(slug))
+        .await?;
     progress.note(&line).await?;
     let mut volumes_removed = Vec::new();
     if purge_data {

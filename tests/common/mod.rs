@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod docker;
+pub mod journey;
 pub mod pebble;
 pub mod redis_server;
 pub mod worker;
