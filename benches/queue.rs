@@ -86,7 +86,10 @@ fn spawn_worker(server: &RedisServer, concurrency: usize) -> Worker {
         .env("WORKER_CONCURRENCY", concurrency.to_string())
         .env("METRICS_ADDR", "")
         // Keep the repository's committed zone file and the HTTP-01 port out of the benchmark.
-        .env("ZONES_DIR", std::env::temp_dir().join("orchestrator-bench-zones"))
+        .env(
+            "ZONES_DIR",
+            std::env::temp_dir().join("orchestrator-bench-zones"),
+        )
         .env("HTTP01_LISTEN", "")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

@@ -832,12 +832,14 @@ impl Worker {
             attempts,
             body: String::from_utf8_lossy(&claimed.body).into_owned(),
         };
-        if let Err(err) = self
-            .queue
-            .finish(claimed, None, None, Then::DeadLetter(&entry))
-            .await
-        {
-            error!(error = %err, "cannot dead-letter either; the task stays in the processing list");
+        let kept = self
+            .retry_redis("dead-letter the task", || {
+                self.queue
+                    .finish(claimed, None, None, Then::DeadLetter(&entry))
+            })
+            .await;
+        if kept.is_none() {
+            error!("cannot dead-letter either; the task stays in the processing list");
         }
     }
 
@@ -1114,19 +1116,22 @@ impl Worker {
     }
 }
 
-/// Whether a Redis error may pass by itself (connection, timeout, loading, failover).
+/// Whether a Redis error may pass by itself. Only errors that Redis gives for the command itself
+/// (a script error, WRONGTYPE, a refused permission, an unreadable reply) are final; everything
+/// else (connection lost, reconnecting, LOADING after a restart, failover) is waited out.
 fn is_transient(err: &redis::RedisError) -> bool {
-    err.is_io_error()
-        || err.is_timeout()
-        || err.is_connection_dropped()
-        || err.is_connection_refusal()
-        || matches!(
-            err.kind(),
-            redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
-                | redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
-                | redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-                | redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
-        )
+    use redis::{ErrorKind, ServerErrorKind};
+    !matches!(
+        err.kind(),
+        ErrorKind::Parse
+            | ErrorKind::UnexpectedReturnType
+            | ErrorKind::InvalidClientConfig
+            | ErrorKind::Extension
+            | ErrorKind::Server(ServerErrorKind::ResponseError)
+            | ErrorKind::Server(ServerErrorKind::ExecAbort)
+            | ErrorKind::Server(ServerErrorKind::CrossSlot)
+            | ErrorKind::Server(ServerErrorKind::NoPerm)
+    )
 }
 
 fn then_ref<'a>(then: &'a Then<'a>) -> Then<'a> {

@@ -631,6 +631,11 @@ async fn a_task_whose_workers_keep_dying_is_dead_lettered_as_a_poison_pill() {
 
 #[tokio::test]
 async fn the_worker_rides_out_a_redis_restart_without_losing_tasks() {
+    // The worker's logs are shown if this fails (they say which Redis call it was waiting on).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("orchestrator=debug")
+        .with_test_writer()
+        .try_init();
     let mut server = RedisServer::start();
     let queues = worker::quick_queues();
     let mut conn = server.conn().await;
