@@ -160,6 +160,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 "#;
 
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_SCRIPT));
 static REPLACE: LazyLock<Script> = LazyLock::new(|| Script::new(REPLACE_SCRIPT));
 static RECOVER_ONE: LazyLock<Script> = LazyLock::new(|| Script::new(RECOVER_ONE_SCRIPT));
 static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(PROMOTE_SCRIPT));
@@ -198,13 +199,12 @@ impl Queue {
     /// Claims up to `max` tasks, highest priority first, atomically moved to the processing lists.
     pub async fn claim(&self, max: usize) -> redis::RedisResult<Vec<Claimed>> {
         let mut conn = self.conn().await?;
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(CLAIM_SCRIPT).arg(self.order.len() * 2);
+        let mut invocation = CLAIM.prepare_invoke();
         for list in &self.order {
-            cmd.arg(list).arg(keys::processing(&self.worker, list));
+            invocation.key(list).key(keys::processing(&self.worker, list));
         }
-        cmd.arg(max.max(1));
-        let flat: Vec<Vec<u8>> = cmd.query_async(&mut conn).await?;
+        invocation.arg(max.max(1));
+        let flat: Vec<Vec<u8>> = invocation.invoke_async(&mut conn).await?;
         Ok(flat
             .chunks_exact(2)
             .map(|pair| Claimed {
