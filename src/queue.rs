@@ -201,7 +201,9 @@ impl Queue {
         let mut conn = self.conn().await?;
         let mut invocation = CLAIM.prepare_invoke();
         for list in &self.order {
-            invocation.key(list).key(keys::processing(&self.worker, list));
+            invocation
+                .key(list)
+                .key(keys::processing(&self.worker, list));
         }
         invocation.arg(max.max(1));
         let flat: Vec<Vec<u8>> = invocation.invoke_async(&mut conn).await?;
