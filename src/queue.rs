@@ -65,6 +65,21 @@ pub struct DeadLetter {
     pub body: String,
 }
 
+impl DeadLetter {
+    /// The entry for a parsed `task` that failed for `reason` after `attempts`.
+    pub fn of(claimed: &Claimed, task: &Task, reason: &str, attempts: u32) -> Self {
+        Self {
+            id: task.id.clone(),
+            task_type: Some(task.task_type.clone()),
+            queue: claimed.list.clone(),
+            reason: reason.to_string(),
+            failed_at: progress::now(),
+            attempts,
+            body: String::from_utf8_lossy(&claimed.body).into_owned(),
+        }
+    }
+}
+
 const CLAIM_SCRIPT: &str = r#"
 -- KEYS: source1, processing1, source2, processing2, ... in claim order; ARGV[1]: most to take
 local out = {}

@@ -732,15 +732,7 @@ impl Worker {
         total_steps: u32,
         error: &str,
     ) {
-        let entry = DeadLetter {
-            id: task.id.clone(),
-            task_type: Some(task.task_type.clone()),
-            queue: claimed.list.clone(),
-            reason: error.to_string(),
-            failed_at: progress::now(),
-            attempts,
-            body: String::from_utf8_lossy(&claimed.body).into_owned(),
-        };
+        let entry = DeadLetter::of(claimed, task, error, attempts);
         let message = format!("Failed: {error}");
         self.finish(
             claimed,
@@ -823,15 +815,7 @@ impl Worker {
         if self.draining.load(Ordering::SeqCst) {
             return;
         }
-        let entry = DeadLetter {
-            id: task.id.clone(),
-            task_type: Some(task.task_type.clone()),
-            queue: claimed.list.clone(),
-            reason: reason.to_string(),
-            failed_at: progress::now(),
-            attempts,
-            body: String::from_utf8_lossy(&claimed.body).into_owned(),
-        };
+        let entry = DeadLetter::of(claimed, task, reason, attempts);
         let kept = self
             .retry_redis("dead-letter the task", || {
                 self.queue
