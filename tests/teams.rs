@@ -287,15 +287,7 @@ async fn container_killed_mid_provision_rolls_back() {
     let _cleanup = Cleanup::new(&[&slug]);
     let redis = RedisServer::start();
     // A slow healthcheck leaves time to kill the container while the provision waits.
-    let dir = tempfile::tempdir().unwrap();
-    let team = std::fs::read_to_string(common::docker::root().join("templates/team.yml")).unwrap();
-    std::fs::write(
-        dir.path().join("team.yml"),
-        team.replace("interval: 1s", "interval: 5s"),
-    )
-    .unwrap();
-    let path = dir.path().display().to_string();
-    let services = services(&redis.url(), config(&["--templates-dir", &path]));
+    let (_templates, services) = slow_health_services(&redis);
     let name = format!("team-{slug}-web");
     let killer = tokio::task::spawn_blocking(move || {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -569,15 +561,7 @@ async fn cancellation_mid_provision_rolls_back() {
     let slug = unique_slug("tx");
     let _cleanup = Cleanup::new(&[&slug]);
     let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let team = std::fs::read_to_string(common::docker::root().join("templates/team.yml")).unwrap();
-    std::fs::write(
-        dir.path().join("team.yml"),
-        team.replace("interval: 1s", "interval: 5s"),
-    )
-    .unwrap();
-    let path = dir.path().display().to_string();
-    let services = services(&redis.url(), config(&["--templates-dir", &path]));
+    let (_templates, services) = slow_health_services(&redis);
     let registry = orchestrator::handlers::registry(&services);
     let handler = registry.get("team.provision").unwrap().clone();
     let task = common::docker::task("team.provision", json!({"slug": slug}));
@@ -603,4 +587,24 @@ async fn cancellation_mid_provision_rolls_back() {
     assert!(matches!(err, TaskError::Cancelled(_)), "{err:?}");
     assert_nothing_left(&slug);
     assert!(record(&redis, &format!("team:{slug}")).await.is_empty());
+}
+
+/// Services whose team template checks health every 5 s instead of every 1 s, leaving time to act
+/// while a provision waits for health. The folder lives as long as the returned guard.
+fn slow_health_services(
+    redis: &RedisServer,
+) -> (
+    tempfile::TempDir,
+    std::sync::Arc<orchestrator::services::Services>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let team = std::fs::read_to_string(common::docker::root().join("templates/team.yml")).unwrap();
+    std::fs::write(
+        dir.path().join("team.yml"),
+        team.replace("interval: 1s", "interval: 5s"),
+    )
+    .unwrap();
+    let path = dir.path().display().to_string();
+    let services = services(&redis.url(), config(&["--templates-dir", &path]));
+    (dir, services)
 }
