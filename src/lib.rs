@@ -18,6 +18,7 @@
 //! - [`services`]: what handlers share, and the seams to DNS and certificates.
 //! - [`docker`]: the Docker engine wrapper and the team/sandbox provisioning engine.
 //! - [`templates`]: the team/sandbox container templates and their Traefik labels.
+//! - [`ownership`]: who owns a name: tenants' name spaces, the DNS and certificate rules.
 //! - [`validate`]: checks of untrusted names before they reach labels, zone files or paths.
 //! - [`keys`]: every Redis key and channel name.
 //! - [`admin`], [`watch`]: what the CLI does for admins (enqueue, cancel, status, dead letters,
@@ -42,6 +43,7 @@ pub mod docker;
 pub mod handlers;
 pub mod keys;
 pub mod metrics;
+pub mod ownership;
 pub mod progress;
 pub mod queue;
 pub mod queues;

@@ -2,7 +2,8 @@
 //!
 //! Everything a producer sends is untrusted. A slug becomes part of a container name, a Traefik router
 //! name, a backtick-quoted rule and a DNS owner name, so it must be a lowercase DNS label and nothing
-//! else: `[a-z0-9]` with inner `-`, 1 to 63 characters. Domain names are sequences of such labels
+//! else: `[a-z0-9]` with inner `-`, 1 to 55 characters (so `sandbox-<slug>` is still one label),
+//! and not a name the platform keeps for itself (`ns`, `www`, ...). Domain names are sequences of such labels
 //! (with an optional leading `*.` where a wildcard is meant).
 
 use thiserror::Error;
@@ -22,6 +23,8 @@ pub enum InvalidName {
         "{what} {value:?} is not a lowercase DNS label (only a-z, 0-9 and inner '-', at most 63 characters)"
     )]
     NotALabel { what: &'static str, value: String },
+    #[error("slug {value:?} is reserved for the platform (reserved: ns, www, api, traefik, portal, admin, mail, dns, acme)")]
+    Reserved { value: String },
 }
 
 /// Longest DNS label.
@@ -56,9 +59,47 @@ pub fn dns_label(what: &'static str, value: &str) -> Result<(), InvalidName> {
     }
 }
 
-/// Checks a team or sandbox slug (a lowercase DNS label).
+/// Longest slug: `sandbox-<slug>` (the certificate name of a sandbox, and the longest prefix of a
+/// derived name that must stay one DNS label) is then exactly 63 characters.
+pub const MAX_SLUG: usize = MAX_LABEL - "sandbox-".len();
+
+/// Slugs a tenant can't take: names the platform serves itself (`ns` is a platform record; the
+/// others are hosts of the platform next to the tenants).
+pub const RESERVED_SLUGS: [&str; 9] = [
+    "ns", "www", "api", "traefik", "portal", "admin", "mail", "dns", "acme",
+];
+
+/// Checks a team or sandbox slug: a lowercase DNS label of at most [`MAX_SLUG`] characters, not
+/// one of [`RESERVED_SLUGS`].
 pub fn slug(value: &str) -> Result<(), InvalidName> {
-    dns_label("slug", value)
+    dns_label("slug", value)?;
+    if value.len() > MAX_SLUG {
+        return Err(InvalidName::TooLong {
+            what: "slug",
+            value: value.to_string(),
+            max: MAX_SLUG,
+        });
+    }
+    if RESERVED_SLUGS.contains(&value) {
+        return Err(InvalidName::Reserved {
+            value: value.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks the names derived from a tenant slug under `domain`: the longest,
+/// `_acme-challenge.<slug>.<domain>`, must fit a domain name (253 characters).
+pub fn tenant_names(slug: &str, domain: &str) -> Result<(), InvalidName> {
+    let challenge = format!("_acme-challenge.{slug}.{}", domain.trim_end_matches('.'));
+    if challenge.len() > MAX_DOMAIN {
+        return Err(InvalidName::TooLong {
+            what: "derived name",
+            value: challenge,
+            max: MAX_DOMAIN,
+        });
+    }
+    Ok(())
 }
 
 /// Checks a domain name made of lowercase DNS labels (`a.b.c`, trailing dot allowed).
@@ -93,7 +134,7 @@ mod tests {
 
     #[test]
     fn accepts_plain_labels() {
-        for ok in ["a", "team-a", "0day", "x1-2-3", &"a".repeat(63)] {
+        for ok in ["a", "team-a", "0day", "x1-2-3", &"a".repeat(MAX_SLUG)] {
             assert_eq!(slug(ok), Ok(()), "{ok}");
         }
     }
@@ -115,6 +156,9 @@ mod tests {
             "../x",
             "ä",
             &"a".repeat(64),
+            &"a".repeat(MAX_SLUG + 1),
+            "ns",
+            "www",
         ] {
             assert!(slug(bad).is_err(), "{bad:?} passed");
         }

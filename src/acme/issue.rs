@@ -552,6 +552,10 @@ impl CertificateIssuer for Acme {
         Ok(value)
     }
 
+    async fn has_certificate(&self, name: &str) -> Result<bool, TaskError> {
+        Ok(self.store.get(name).await?.is_some())
+    }
+
     async fn remove_certificate(&self, name: &str) -> Result<String, TaskError> {
         validate::dns_label("certificate name", name)?;
         if name == TRAEFIK_DIR {

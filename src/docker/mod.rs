@@ -4,10 +4,12 @@
 //! networks (creation serialised, names compared exactly), images (present or pulled), volumes,
 //! containers (found by name + ownership label) and a bounded health wait.
 //!
-//! The provisioning engine shared by teams and sandboxes lives in [`provision`]; the read-only and
+//! The provisioning engine shared by teams and sandboxes lives in [`provision`], the record of
+//! what each provisioning task created (so a rollback removes only that) in [`journal`]; the read-only and
 //! repair views (`teams`, `reconcile`, `plan`) in [`teams`].
 
 pub mod containers;
+pub mod journal;
 pub mod networks;
 pub mod provision;
 pub mod teams;
