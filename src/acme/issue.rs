@@ -185,7 +185,7 @@ impl Acme {
     }
 
     /// The platform zone without its trailing dot (`localhost`).
-    fn zone(&self) -> String {
+    pub fn zone(&self) -> String {
         self.config
             .dns
             .zone(&self.config.platform)

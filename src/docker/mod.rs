@@ -36,6 +36,9 @@ pub enum DockerError {
     },
     #[error("{what}: {message}")]
     Engine { what: String, message: String },
+    /// The engine went away, timed out or answered 5xx: may pass, so the task is retried.
+    #[error("{what}: {message} (the Docker engine is unreachable or failing; will retry)")]
+    Transient { what: String, message: String },
     #[error("image {image} is not present and could not be pulled: {message}")]
     ImageMissing { image: String, message: String },
     #[error("{0}")]
@@ -49,11 +52,16 @@ pub enum DockerError {
 }
 
 impl DockerError {
-    /// Wraps a bollard error with what was being done, in plain words (the engine's own message).
+    /// Wraps a bollard error with what was being done, in plain words (the engine's own message),
+    /// classified once here: connection loss, timeouts and 5xx are [`DockerError::Transient`],
+    /// the engine's 4xx about the request are final.
     pub fn engine(what: impl Into<String>, err: bollard::errors::Error) -> DockerError {
-        DockerError::Engine {
-            what: what.into(),
-            message: plain(&err),
+        let what = what.into();
+        let message = plain(&err);
+        if is_transient(&err) {
+            DockerError::Transient { what, message }
+        } else {
+            DockerError::Engine { what, message }
         }
     }
 }
@@ -62,7 +70,9 @@ impl From<DockerError> for TaskError {
     fn from(err: DockerError) -> TaskError {
         match &err {
             // The engine being away or busy may pass; everything else is about this team.
-            DockerError::Connect { .. } => TaskError::Retryable(err.to_string()),
+            DockerError::Connect { .. } | DockerError::Transient { .. } => {
+                TaskError::Retryable(err.to_string())
+            }
             DockerError::Cancelled(_) => TaskError::Cancelled(err.to_string()),
             _ => TaskError::Failed(err.to_string()),
         }
@@ -78,6 +88,21 @@ pub fn plain(err: &bollard::errors::Error) -> String {
         } => format!("{message} (HTTP {status_code})"),
         bollard::errors::Error::DockerStreamError { error } => error.clone(),
         other => other.to_string(),
+    }
+}
+
+/// Whether `err` may pass: the connection to the engine failed or broke, the request timed out,
+/// or the engine answered 5xx.
+pub fn is_transient(err: &bollard::errors::Error) -> bool {
+    use bollard::errors::Error as E;
+    match err {
+        E::DockerResponseServerError { status_code, .. } => *status_code >= 500,
+        E::IOError { .. }
+        | E::HyperResponseError { .. }
+        | E::HyperLegacyError { .. }
+        | E::RequestTimeoutError
+        | E::SocketNotFoundError(_) => true,
+        _ => false,
     }
 }
 
@@ -153,6 +178,9 @@ impl Engine {
         let mut stream = self.docker.create_image(Some(options), None, None);
         while let Some(item) = stream.next().await {
             if let Err(e) = item {
+                if is_transient(&e) {
+                    return Err(DockerError::engine(format!("pulling image {image}"), e));
+                }
                 return Err(DockerError::ImageMissing {
                     image: image.to_string(),
                     message: plain(&e),
