@@ -59,12 +59,14 @@ pub async fn lookup(redis: &deadpool_redis::Pool, slug: &str) -> Result<Option<T
         .arg(keys::tenant(slug))
         .query_async(&mut *conn)
         .await?;
-    Ok(Kind::parse(map.get("kind").map(String::as_str).unwrap_or("")).map(|kind| Tenant {
-        kind,
-        slug: slug.to_string(),
-        owner: map.get("owner").cloned().unwrap_or_default(),
-        task: map.get("task").cloned().unwrap_or_default(),
-    }))
+    Ok(
+        Kind::parse(map.get("kind").map(String::as_str).unwrap_or("")).map(|kind| Tenant {
+            kind,
+            slug: slug.to_string(),
+            owner: map.get("owner").cloned().unwrap_or_default(),
+            task: map.get("task").cloned().unwrap_or_default(),
+        }),
+    )
 }
 
 /// Claims `slug` for (`kind`, `owner`) unless claimed: KEYS[1] = tenant key; ARGV = kind, owner,
@@ -126,11 +128,9 @@ pub async fn claim(
     match reply {
         redis::Value::Int(1) => Ok(true),
         redis::Value::Int(_) => Ok(false),
-        redis::Value::BulkString(other) => Err(kind_conflict(
-            kind,
-            slug,
-            &String::from_utf8_lossy(&other),
-        )),
+        redis::Value::BulkString(other) => {
+            Err(kind_conflict(kind, slug, &String::from_utf8_lossy(&other)))
+        }
         other => Err(TaskError::Retryable(format!(
             "unexpected reply claiming {slug}: {other:?}"
         ))),
@@ -261,9 +261,7 @@ pub async fn check_certificate(
         };
         let relative = relative.strip_prefix("*.").unwrap_or(relative);
         if relative.split('.').any(is_challenge_label) {
-            return Err(refused(format!(
-                "{domain} is an ACME challenge name"
-            )));
+            return Err(refused(format!("{domain} is an ACME challenge name")));
         }
         let slug = relative.rsplit('.').next().unwrap_or_default();
         if let Some(tenant) = lookup(redis, slug).await?

@@ -23,7 +23,9 @@ pub enum InvalidName {
         "{what} {value:?} is not a lowercase DNS label (only a-z, 0-9 and inner '-', at most 63 characters)"
     )]
     NotALabel { what: &'static str, value: String },
-    #[error("slug {value:?} is reserved for the platform (reserved: ns, www, api, traefik, portal, admin, mail, dns, acme)")]
+    #[error(
+        "slug {value:?} is reserved for the platform (reserved: ns, www, api, traefik, portal, admin, mail, dns, acme)"
+    )]
     Reserved { value: String },
 }
 

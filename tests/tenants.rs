@@ -11,7 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::dns::dig;
-use common::docker::{Cleanup, build_images, containers_of, docker, inspect, networks_of, unique_slug, volumes_of};
+use common::docker::{
+    Cleanup, build_images, containers_of, docker, inspect, networks_of, unique_slug, volumes_of,
+};
 use common::platform::{Options, Platform};
 use common::sockproxy::SocketProxy;
 use serde_json::json;
@@ -41,7 +43,10 @@ fn assert_team_running(slug: &str) {
     for service in ["api", "web"] {
         let c = inspect(&format!("team-{slug}-{service}"));
         assert_eq!(c["State"]["Running"], true, "team-{slug}-{service}");
-        assert_eq!(c["State"]["Health"]["Status"], "healthy", "team-{slug}-{service}");
+        assert_eq!(
+            c["State"]["Health"]["Status"], "healthy",
+            "team-{slug}-{service}"
+        );
     }
     assert_eq!(networks_of(slug), vec![format!("team-{slug}-net")]);
 }
@@ -65,7 +70,12 @@ async fn a_failed_reprovision_keeps_the_live_team_and_the_kept_volume() {
 
     // A live team with data in its volume.
     let hash = platform
-        .run(PROVISIONING, "team.provision", Some("alice"), json!({"slug": slug}))
+        .run(
+            PROVISIONING,
+            "team.provision",
+            Some("alice"),
+            json!({"slug": slug}),
+        )
         .await;
     assert_completed(&hash);
     let (_, ok) = docker(&[
@@ -104,7 +114,12 @@ async fn a_failed_reprovision_keeps_the_live_team_and_the_kept_volume() {
     // created (containers, network, name) and never the kept volume.
     assert_completed(
         &platform
-            .run(PROVISIONING, "team.delete", Some("alice"), json!({"slug": slug}))
+            .run(
+                PROVISIONING,
+                "team.delete",
+                Some("alice"),
+                json!({"slug": slug}),
+            )
             .await,
     );
     assert!(containers_of(&slug).is_empty());
@@ -120,7 +135,11 @@ async fn a_failed_reprovision_keeps_the_live_team_and_the_kept_volume() {
         .await;
     let hash = platform.wait_end(&id, LONG).await;
     assert_eq!(status(&hash), "failed", "{hash:#?}");
-    assert!(containers_of(&slug).is_empty(), "{:?}", containers_of(&slug));
+    assert!(
+        containers_of(&slug).is_empty(),
+        "{:?}",
+        containers_of(&slug)
+    );
     assert!(networks_of(&slug).is_empty());
     assert_eq!(volumes_of(&slug), vec![format!("team-{slug}-data")]);
     assert!(platform.keys("journal:*").await.is_empty());
@@ -128,7 +147,12 @@ async fn a_failed_reprovision_keeps_the_live_team_and_the_kept_volume() {
     // The data is still there for the next provision.
     assert_completed(
         &platform
-            .run(PROVISIONING, "team.provision", Some("alice"), json!({"slug": slug}))
+            .run(
+                PROVISIONING,
+                "team.provision",
+                Some("alice"),
+                json!({"slug": slug}),
+            )
             .await,
     );
     assert_eq!(read_data(&slug), "kept");
@@ -169,7 +193,11 @@ async fn the_engine_lost_mid_provision_is_retried_and_converges_with_nothing_lef
     // Cut the engine once the second container exists (creating, starting or health-waiting).
     common::eventually("team-<slug>-web to exist", LONG, || {
         let slug = slug.clone();
-        async move { containers_of(&slug).contains(&format!("team-{slug}-web")).then_some(()) }
+        async move {
+            containers_of(&slug)
+                .contains(&format!("team-{slug}-web"))
+                .then_some(())
+        }
     })
     .await;
     proxy.cut();
@@ -183,10 +211,7 @@ async fn the_engine_lost_mid_provision_is_retried_and_converges_with_nothing_lef
     })
     .await;
     assert_eq!(status(&hash), "retrying", "{hash:#?}");
-    assert!(
-        hash["error"].contains("rollback incomplete"),
-        "{hash:#?}"
-    );
+    assert!(hash["error"].contains("rollback incomplete"), "{hash:#?}");
     let mut conn = platform.redis.conn().await;
     let mark: Option<String> = redis::cmd("HGET")
         .arg(format!("journal:{id}:state"))
@@ -223,5 +248,302 @@ async fn the_engine_lost_mid_provision_is_retried_and_converges_with_nothing_lef
             )
             .await,
     );
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn names_and_certificates_belong_to_their_tenant() {
+    build_images();
+    let victim = unique_slug("vic");
+    let squat = unique_slug("sq");
+    let _cleanup = Cleanup::new(&[&victim, &squat]);
+    let platform = Platform::start(Options {
+        pebble: true,
+        ..Options::default()
+    })
+    .await;
+    let vfqdn = format!("{victim}.localhost");
+
+    // Alice's team, with its certificate.
+    assert_completed(
+        &platform
+            .run(
+                PROVISIONING,
+                "team.provision",
+                Some("alice"),
+                json!({"slug": victim, "certificate": true}),
+            )
+            .await,
+    );
+    let chain = platform
+        .certs_dir()
+        .join(format!("team-{victim}/fullchain.pem"));
+    let served = std::fs::read(&chain).expect("the team's certificate");
+    assert_eq!(resolves(&platform, &victim), ["127.0.0.1"]);
+
+    // Mallory can't touch any name in Alice's space.
+    let upsert = |name: String, rtype: &str, value: &str| json!({"name": name, "type": rtype, "value": value});
+    for (payload, why) in [
+        (upsert(victim.clone(), "A", "6.6.6.6"), "does not own"),
+        (
+            upsert(format!("www.{victim}"), "A", "6.6.6.6"),
+            "does not own",
+        ),
+        (upsert(format!("{vfqdn}."), "A", "6.6.6.6"), "does not own"),
+        (
+            upsert(format!("_acme-challenge.{victim}"), "TXT", "x"),
+            "ACME challenge",
+        ),
+        (
+            upsert("_acme-challenge".into(), "TXT", "x"),
+            "ACME challenge",
+        ),
+        (
+            upsert(format!("*.{victim}"), "A", "6.6.6.6"),
+            "does not own",
+        ),
+    ] {
+        let hash = platform
+            .run(DNS, "dns.record.upsert", Some("mallory"), payload.clone())
+            .await;
+        assert_refused(&hash, why);
+    }
+    assert_refused(
+        &platform
+            .run(
+                DNS,
+                "dns.record.delete",
+                Some("mallory"),
+                json!({"name": victim}),
+            )
+            .await,
+        "does not own",
+    );
+    // The platform (no user_id) can't either.
+    assert_refused(
+        &platform
+            .run(
+                DNS,
+                "dns.record.upsert",
+                None,
+                upsert(victim.clone(), "A", "6.6.6.6"),
+            )
+            .await,
+        "does not own",
+    );
+    assert_eq!(resolves(&platform, &victim), ["127.0.0.1"]);
+
+    // Alice may add names below her team, but not replace its own name, nor wildcards or
+    // challenge names.
+    for (payload, why) in [
+        (
+            upsert(victim.clone(), "CNAME", "elsewhere.example."),
+            "only TXT",
+        ),
+        (upsert(victim.clone(), "A", "10.0.0.9"), "only TXT"),
+        (upsert(format!("*.{victim}"), "A", "10.0.0.9"), "wildcard"),
+        (
+            upsert(format!("_acme-challenge.{victim}"), "TXT", "x"),
+            "ACME challenge",
+        ),
+    ] {
+        let hash = platform
+            .run(DNS, "dns.record.upsert", Some("alice"), payload.clone())
+            .await;
+        assert_refused(&hash, why);
+    }
+    assert_completed(
+        &platform
+            .run(
+                DNS,
+                "dns.record.upsert",
+                Some("alice"),
+                upsert(format!("app.{victim}"), "A", "10.0.0.5"),
+            )
+            .await,
+    );
+    assert_eq!(
+        dig(platform.dns, &format!("app.{vfqdn}"), "A", &[]).values("A"),
+        ["10.0.0.5"]
+    );
+    assert_eq!(resolves(&platform, &victim), ["127.0.0.1"]);
+
+    // Certificates: another tenant's names, the team's reserved name, the platform wildcard.
+    for (task_type, payload, why) in [
+        (
+            "certificate.issue",
+            json!({"name": format!("team-{victim}"), "domains": [vfqdn, "evil.localhost"], "force": true}),
+            "reserved for the lifecycle",
+        ),
+        (
+            "certificate.issue",
+            json!({"name": "mine", "domains": [vfqdn], "challenge": "dns-01"}),
+            "does not own",
+        ),
+        (
+            "certificate.issue",
+            json!({"domains": ["*.localhost"], "challenge": "dns-01"}),
+            "apex or wildcard",
+        ),
+        (
+            "certificate.issue",
+            json!({"domains": ["localhost"], "challenge": "dns-01"}),
+            "apex or wildcard",
+        ),
+        (
+            "certificate.revoke",
+            json!({"name": format!("team-{victim}")}),
+            "does not own",
+        ),
+        (
+            "certificate.renew",
+            json!({"name": format!("team-{victim}")}),
+            "does not own",
+        ),
+    ] {
+        let hash = platform
+            .run(CERTIFICATES, task_type, Some("mallory"), payload.clone())
+            .await;
+        assert_refused(&hash, why);
+    }
+    // Even Alice can't issue under the team's lifecycle name.
+    assert_refused(
+        &platform
+            .run(
+                CERTIFICATES,
+                "certificate.issue",
+                Some("alice"),
+                json!({"name": format!("team-{victim}"), "domains": [vfqdn], "force": true}),
+            )
+            .await,
+        "reserved for the lifecycle",
+    );
+    assert_eq!(
+        std::fs::read(&chain).unwrap(),
+        served,
+        "the certificate changed"
+    );
+    let mut conn = platform.redis.conn().await;
+    let cert_status: String = redis::cmd("HGET")
+        .arg(format!("cert:team-{victim}"))
+        .arg("status")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(cert_status, "valid");
+
+    // A sandbox can't take the team's slug, nor delete its name.
+    assert_refused(
+        &platform
+            .run(
+                PROVISIONING,
+                "sandbox.provision",
+                Some("alice"),
+                json!({"slug": victim}),
+            )
+            .await,
+        "never share a slug",
+    );
+    assert_refused(
+        &platform
+            .run(
+                PROVISIONING,
+                "sandbox.delete",
+                Some("alice"),
+                json!({"slug": victim}),
+            )
+            .await,
+        "never share a slug",
+    );
+    assert!(
+        containers_of(&victim)
+            .iter()
+            .all(|c| c.starts_with("team-"))
+    );
+    assert_team_running(&victim);
+    assert_eq!(resolves(&platform, &victim), ["127.0.0.1"]);
+
+    // CNAME loops are refused.
+    let a = unique_slug("loopa");
+    let b = unique_slug("loopb");
+    assert_completed(
+        &platform
+            .run(
+                DNS,
+                "dns.record.upsert",
+                None,
+                upsert(a.clone(), "CNAME", &format!("{b}.localhost.")),
+            )
+            .await,
+    );
+    assert_refused(
+        &platform
+            .run(
+                DNS,
+                "dns.record.upsert",
+                None,
+                upsert(b.clone(), "CNAME", &format!("{a}.localhost.")),
+            )
+            .await,
+        "CNAME loop",
+    );
+    assert_refused(
+        &platform
+            .run(
+                DNS,
+                "dns.record.upsert",
+                None,
+                upsert(b.clone(), "CNAME", &format!("{b}.localhost")),
+            )
+            .await,
+        "CNAME loop",
+    );
+
+    // A name squatted before its team exists doesn't block the team: the tenant wins.
+    assert_completed(
+        &platform
+            .run(
+                DNS,
+                "dns.record.upsert",
+                Some("mallory"),
+                upsert(squat.clone(), "CNAME", "elsewhere.example."),
+            )
+            .await,
+    );
+    assert_completed(
+        &platform
+            .run(
+                PROVISIONING,
+                "team.provision",
+                Some("bob"),
+                json!({"slug": squat}),
+            )
+            .await,
+    );
+    assert_eq!(resolves(&platform, &squat), ["127.0.0.1"]);
+    assert_refused(
+        &platform
+            .run(
+                DNS,
+                "dns.record.upsert",
+                Some("mallory"),
+                upsert(format!("x.{squat}"), "A", "6.6.6.6"),
+            )
+            .await,
+        "does not own",
+    );
+
+    for (slug, user) in [(&victim, "alice"), (&squat, "bob")] {
+        assert_completed(
+            &platform
+                .run(
+                    PROVISIONING,
+                    "team.delete",
+                    Some(user),
+                    json!({"slug": slug, "purge_data": true}),
+                )
+                .await,
+        );
+    }
     platform.stop().await;
 }

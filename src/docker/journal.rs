@@ -327,9 +327,11 @@ impl Journal {
                 .await
                 .map(|_| true)
                 .map_err(|e| e.to_string()),
-            EntryKind::Claim => crate::ownership::release(&services.redis, &entry.name, &self.task_id)
-                .await
-                .map_err(|e| e.to_string()),
+            EntryKind::Claim => {
+                crate::ownership::release(&services.redis, &entry.name, &self.task_id)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
         }
     }
 }

@@ -286,7 +286,10 @@ pub async fn provision(
         claimed: claim.is_some(),
         recorded: !prior.is_empty(),
     };
-    let outcome = converge(engine, services, progress, &rendered, options, fresh, &journal).await;
+    let outcome = converge(
+        engine, services, progress, &rendered, options, fresh, &journal,
+    )
+    .await;
     match outcome {
         Ok(result) => {
             // Everything of the tenant that exists now is the tenant's: no journal may remove it.
@@ -376,8 +379,14 @@ async fn claim_space(
         .map(|ctx| ownership::principal(ctx.task()).to_string())
         .unwrap_or_default();
     journal.record(EntryKind::Claim, slug).await?;
-    let created =
-        ownership::claim(&services.redis, rendered.kind, slug, &owner, journal.task_id()).await?;
+    let created = ownership::claim(
+        &services.redis,
+        rendered.kind,
+        slug,
+        &owner,
+        journal.task_id(),
+    )
+    .await?;
     if created && !fresh.recorded {
         let line = services.names.clear_space(slug).await?;
         if !line.is_empty() {

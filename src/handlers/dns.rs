@@ -172,9 +172,9 @@ async fn check_cname_loop(store: &ZoneStore, set: &RecordSet) -> Result<(), Task
     let zone = store.snapshot().await?;
     let origin = store.origin();
     let relative = |target: &str| -> Option<String> {
-        crate::dns::records::owner(origin, target).ok().filter(|_| {
-            target == origin || target.ends_with(&format!(".{origin}"))
-        })
+        crate::dns::records::owner(origin, target)
+            .ok()
+            .filter(|_| target == origin || target.ends_with(&format!(".{origin}")))
     };
     let mut chain = vec![fqdn(&set.owner, origin)];
     let mut next = set.values.first().cloned().unwrap_or_default();

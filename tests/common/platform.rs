@@ -51,7 +51,9 @@ impl Platform {
     pub async fn start(options: Options) -> Self {
         let redis = RedisServer::start();
         let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let pebble = options.pebble.then(|| Pebble::start(free_port(), Some(dns)));
+        let pebble = options
+            .pebble
+            .then(|| Pebble::start(free_port(), Some(dns)));
         let dir = tempfile::tempdir().expect("temp dir");
         let path = |p: &str| dir.path().join(p).display().to_string();
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
