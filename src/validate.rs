@@ -2,7 +2,7 @@
 //!
 //! Everything a producer sends is untrusted. A slug becomes part of a container name, a Traefik router
 //! name, a backtick-quoted rule and a DNS owner name, so it must be a lowercase DNS label and nothing
-//! else: `[a-z0-9]` with inner `-`, 1 to 55 characters (so `sandbox-<slug>` is still one label),
+//! else: `[a-z0-9]` with inner `-`, 1 to 50 characters (so every derived name, up to `sandbox-<slug>-data`, is one label),
 //! and not a name the platform keeps for itself (`ns`, `www`, ...). Domain names are sequences of such labels
 //! (with an optional leading `*.` where a wildcard is meant).
 
@@ -61,9 +61,11 @@ pub fn dns_label(what: &'static str, value: &str) -> Result<(), InvalidName> {
     }
 }
 
-/// Longest slug: `sandbox-<slug>` (the certificate name of a sandbox, and the longest prefix of a
-/// derived name that must stay one DNS label) is then exactly 63 characters.
-pub const MAX_SLUG: usize = MAX_LABEL - "sandbox-".len();
+/// Longest slug: every name derived from it must stay one DNS label (Traefik router and
+/// certificate names are checked as such), and the longest the shipped templates derive,
+/// `sandbox-<slug>-data`, is then exactly 63 characters (`sandbox-<slug>-api`, the router,
+/// `team-<slug>-net`, the certificate name `sandbox-<slug>` are shorter).
+pub const MAX_SLUG: usize = MAX_LABEL - "sandbox-".len() - "-data".len();
 
 /// Slugs a tenant can't take: names the platform serves itself (`ns` is a platform record; the
 /// others are hosts of the platform next to the tenants).
@@ -175,5 +177,26 @@ mod tests {
         assert!(domain("domain", "a.*.localhost", true).is_err());
         assert!(domain("domain", "a..b", false).is_err());
         assert!(domain("domain", "a.b c", false).is_err());
+    }
+
+    #[test]
+    fn the_schemas_refuse_what_slug_refuses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("queues/schemas");
+        for kind in ["team", "sandbox"] {
+            for action in ["provision", "delete"] {
+                let path = dir.join(format!("{kind}.{action}.json"));
+                let text = std::fs::read_to_string(&path).unwrap();
+                let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+                let slug = &schema["properties"]["slug"];
+                assert_eq!(slug["maxLength"], MAX_SLUG, "{path:?}");
+                let reserved: Vec<&str> = slug["not"]["enum"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect();
+                assert_eq!(reserved, RESERVED_SLUGS, "{path:?}");
+            }
+        }
     }
 }

@@ -547,3 +547,105 @@ async fn names_and_certificates_belong_to_their_tenant() {
     }
     platform.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_retry_keeps_the_identity_of_an_id_less_task() {
+    let platform = Platform::start(Options::default()).await;
+    let mut conn = platform.redis.conn().await;
+    // No id; fails at once (its timeout is shorter than its delay) and is dead-lettered.
+    let body = json!({"type": "system.ping", "payload": {"delay_ms": 5000}, "timeout_s": 1, "max_attempts": 1});
+    let _: i64 = redis::cmd("LPUSH")
+        .arg(DNS)
+        .arg(body.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let dead = |platform: &Platform| {
+        let pool = deadpool_redis::Config::from_url(platform.redis.url())
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .unwrap();
+        async move { orchestrator::admin::dead_list(&pool, 10).await.unwrap() }
+    };
+    let entry = common::eventually("the task to be dead-lettered", LONG, || async {
+        dead(&platform).await.into_iter().next()
+    })
+    .await;
+    let id = entry.id.clone();
+    assert_eq!(status(&platform.task_hash(&id).await), "failed");
+
+    let pool = deadpool_redis::Config::from_url(platform.redis.url())
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .unwrap();
+    let retried = orchestrator::admin::dead_retry(&pool, Some(&id))
+        .await
+        .unwrap();
+    assert_eq!(retried, vec![id.clone()]);
+    // The same task runs again under the same id: its hash is updated, no new id appears.
+    let hash = common::eventually("the retried task to end again", LONG, || async {
+        let hash = platform.task_hash(&id).await;
+        (status(&hash) == "failed" && dead(&platform).await.len() == 1).then_some(hash)
+    })
+    .await;
+    assert_eq!(hash["attempts"], "1", "{hash:#?}");
+    let entries = dead(&platform).await;
+    assert_eq!(entries[0].id, id);
+    assert_eq!(platform.keys("task:*").await, vec![format!("task:{id}")]);
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slugs_are_checked_for_every_derived_name_before_any_side_effect() {
+    build_images();
+    // An engine address that can't work: any Docker call would fail with a connection error.
+    let platform = Platform::start(Options {
+        docker_host: Some("unix:///nonexistent/docker.sock".into()),
+        ..Options::default()
+    })
+    .await;
+    let too_long = "a".repeat(56);
+    for slug in ["ns", "www", "traefik", too_long.as_str()] {
+        for task_type in ["team.provision", "sandbox.provision", "team.delete"] {
+            let hash = platform
+                .run(
+                    PROVISIONING,
+                    task_type,
+                    Some("alice"),
+                    json!({"slug": slug}),
+                )
+                .await;
+            assert_eq!(status(&hash), "failed", "{task_type} {slug}: {hash:#?}");
+            let error = &hash["error"];
+            assert!(
+                !error.contains("Docker engine"),
+                "{task_type} {slug} reached the engine: {error}"
+            );
+        }
+    }
+    assert!(platform.keys("tenant:*").await.is_empty());
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_slug_provisions_and_deletes() {
+    build_images();
+    let slug = format!("{}-{}", unique_slug("long"), "a".repeat(40));
+    let slug: String = slug
+        .chars()
+        .take(orchestrator::validate::MAX_SLUG)
+        .collect();
+    let slug = slug.trim_end_matches('-').to_string();
+    let _cleanup = Cleanup::new(&[&slug]);
+    let platform = Platform::start(Options::default()).await;
+    for (task_type, payload) in [
+        ("sandbox.provision", json!({"slug": slug})),
+        ("sandbox.delete", json!({"slug": slug, "purge_data": true})),
+        ("team.delete", json!({"slug": slug, "purge_data": true})),
+    ] {
+        let hash = platform
+            .run(PROVISIONING, task_type, Some("alice"), payload)
+            .await;
+        assert_completed(&hash);
+    }
+    assert!(containers_of(&slug).is_empty());
+    platform.stop().await;
+}
