@@ -385,14 +385,11 @@ async fn forget(redis: &deadpool_redis::Pool, task_id: &str) -> Result<(), TaskE
     Ok(())
 }
 
-/// Finishes the journals of tasks that are no longer running (failed, cancelled, dead-lettered,
-/// or forgotten): `reconcile --fix`. A task that is queued, running or waiting for a retry keeps
-/// its journal: its next attempt finishes the job. Returns (task id, outcome) per journal.
-pub async fn finish_abandoned(
-    engine: &Engine,
-    services: &Services,
-) -> Result<Vec<(String, Result<usize, String>)>, TaskError> {
-    let mut done = Vec::new();
+/// The journals of tasks that are no longer running (failed, cancelled, dead-lettered, or
+/// forgotten), which `reconcile --fix` finishes. A task that is queued, running or waiting for a
+/// retry keeps its journal: its next attempt finishes the job.
+pub async fn abandoned(services: &Services) -> Result<Vec<Pending>, TaskError> {
+    let mut found = Vec::new();
     for p in pending(&services.redis).await? {
         let status: Option<String> = {
             let mut conn = services.redis.get().await?;
@@ -406,15 +403,9 @@ pub async fn finish_abandoned(
             status.as_deref(),
             Some("queued") | Some("processing") | Some("retrying")
         );
-        let Some(kind) = p.kind else {
-            continue;
-        };
-        if running {
-            continue;
+        if !running {
+            found.push(p);
         }
-        let journal = Journal::new(services.redis.clone(), &p.task_id, 0, kind, &p.slug);
-        let outcome = journal.rollback(engine, services).await;
-        done.push((p.task_id, outcome));
     }
-    Ok(done)
+    Ok(found)
 }
