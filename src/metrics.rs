@@ -109,6 +109,11 @@ impl Metrics {
             in_flight.clone(),
         );
         registry.register(
+            "dns_queries",
+            "DNS queries answered by the embedded server, by response code",
+            crate::dns::server::QUERIES.clone(),
+        );
+        registry.register(
             "recovered_tasks",
             "Tasks recovered from dead workers",
             recovered.clone(),

@@ -120,6 +120,27 @@ impl RequestHandler for ZoneRequestHandler {
     }
 }
 
+/// Label of [`QUERIES`]: the response code sent.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RcodeLabel {
+    pub rcode: String,
+}
+
+/// DNS queries answered by this process' embedded server, by response code. Queries are counted,
+/// not logged: a log line per query turns a query flood into a disk flood (hickory's own per-query
+/// lines are at `info`; the worker's default filter keeps `hickory_server` at `warn`).
+pub static QUERIES: std::sync::LazyLock<
+    prometheus_client::metrics::family::Family<RcodeLabel, prometheus_client::metrics::counter::Counter>,
+> = std::sync::LazyLock::new(Default::default);
+
+fn count_query(rcode: &str) {
+    QUERIES
+        .get_or_create(&RcodeLabel {
+            rcode: rcode.to_string(),
+        })
+        .inc();
+}
+
 /// Sends `response`; hickory sets TC and trims it when it does not fit the client's UDP size.
 async fn send<'a, R: ResponseHandler>(
     handle: &mut R,
@@ -134,8 +155,12 @@ async fn send<'a, R: ResponseHandler>(
     request: &Request,
 ) -> ResponseInfo {
     match handle.send_response(response).await {
-        Ok(info) => info,
+        Ok(info) => {
+            count_query(&info.response_code.to_string());
+            info
+        }
         Err(error) => {
+            count_query("SERVFAIL");
             tracing::debug!(%error, "cannot send DNS response");
             let mut metadata = Metadata::new(
                 request.metadata.id,
