@@ -23,8 +23,8 @@
 //! - [`keys`]: every Redis key and channel name.
 //! - [`admin`], [`watch`]: what the CLI does for admins (enqueue, cancel, status, dead letters,
 //!   live progress).
-//! - [`app`], [`connections`], [`metrics`], [`shutdown`]: assembly, Redis connections, `/healthz`
-//!   and `/metrics`, graceful shutdown.
+//! - [`app`], [`connections`], [`metrics`], [`listen`], [`shutdown`]: assembly, Redis connections,
+//!   `/healthz` and `/metrics`, hardened HTTP listeners, graceful shutdown.
 //!
 //! # Invariants
 //! - A task is always in exactly one place: a queue list, one worker's processing list, the delayed
@@ -42,6 +42,7 @@ pub mod dns;
 pub mod docker;
 pub mod handlers;
 pub mod keys;
+pub mod listen;
 pub mod metrics;
 pub mod ownership;
 pub mod progress;

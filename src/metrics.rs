@@ -178,9 +178,8 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .with_state(metrics);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
+    // Header timeout and connection cap: idle clients can't starve the worker (see `listen`).
+    crate::listen::serve(listener, app, async move { shutdown.wait().await }).await
 }
 
 async fn healthz(State(metrics): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
