@@ -649,3 +649,126 @@ async fn the_longest_slug_provisions_and_deletes() {
     assert!(containers_of(&slug).is_empty());
     platform.stop().await;
 }
+
+/// `GET path` on a fresh connection: (status code, body); None when the server closed or did
+/// not answer within 5 s.
+async fn get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.ok()?;
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let code = text.split(' ').nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n")?.1.to_string();
+        Some((code, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_connections_cannot_hold_the_listeners_and_healthz_reports_each_component() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let http01 = common::free_port();
+    let platform = Platform::start(Options {
+        flags: vec![
+            ("--metrics-addr", "127.0.0.1:0".into()),
+            ("--http01-listen", format!("127.0.0.1:{http01}")),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let metrics = platform.worker.as_ref().unwrap().metrics_addr.unwrap();
+    let http01: std::net::SocketAddr = format!("127.0.0.1:{http01}").parse().unwrap();
+
+    // Every component the worker runs is reported.
+    let body = common::eventually("/healthz to report every component", LONG, || async move {
+        match get(metrics, "/healthz").await {
+            Some((200, body)) if body.contains("dns: ok") && body.contains("http01: ok") => {
+                Some(body)
+            }
+            _ => None,
+        }
+    })
+    .await;
+    for line in ["ok", "redis: ok", "docker: ok", "dns: ok", "http01: ok"] {
+        assert!(body.lines().any(|l| l == line), "{line:?} not in {body:?}");
+    }
+
+    // 300 half-sent requests on the metrics endpoint, 100 on the HTTP-01 responder, held open.
+    let mut slow = Vec::new();
+    for (addr, n) in [(metrics, 300), (http01, 100)] {
+        for _ in 0..n {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            // Refused at once over the cap: that's fine, the point is that nothing is held.
+            let _ = stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                .await;
+            slow.push(stream);
+        }
+    }
+    // Tasks keep completing meanwhile.
+    for n in 0..20 {
+        let id = platform
+            .enqueue(DNS, "system.ping", Some("alice"), json!({"n": n}), None)
+            .await;
+        assert_completed(&platform.wait_end(&id, LONG).await);
+    }
+    // /healthz still answers while the slow clients hold their sockets.
+    let (code, body) = common::eventually(
+        "/healthz to answer",
+        Duration::from_secs(20),
+        || async move { get(metrics, "/healthz").await },
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    // The server closed every slow connection (header timeout or cap).
+    for stream in &mut slow {
+        let mut buffer = [0u8; 256];
+        let closed = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a slow connection is still held open");
+    }
+
+    // DNS queries are counted (not logged).
+    dig(platform.dns, "ns.localhost", "A", &[]);
+    let (_, text) = get(metrics, "/metrics").await.expect("metrics");
+    assert!(
+        text.contains("orchestrator_dns_queries_total{rcode=\"NOERROR\"}"),
+        "{text}"
+    );
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_listen_address_in_use_fails_the_start() {
+    let redis = common::RedisServer::start();
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let queues = common::worker::repo_path("queues");
+    let config = common::worker::config(
+        &redis.url(),
+        &queues,
+        &["--embedded-dns", "--dns-listen", &addr],
+    );
+    let err = match orchestrator::app::start_worker(std::sync::Arc::new(config)).await {
+        Ok(worker) => {
+            worker.stop().await;
+            panic!("the worker started without its DNS server");
+        }
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+}

@@ -130,8 +130,24 @@ pub struct RcodeLabel {
 /// not logged: a log line per query turns a query flood into a disk flood (hickory's own per-query
 /// lines are at `info`; the worker's default filter keeps `hickory_server` at `warn`).
 pub static QUERIES: std::sync::LazyLock<
-    prometheus_client::metrics::family::Family<RcodeLabel, prometheus_client::metrics::counter::Counter>,
+    prometheus_client::metrics::family::Family<
+        RcodeLabel,
+        prometheus_client::metrics::counter::Counter,
+    >,
 > = std::sync::LazyLock::new(Default::default);
+
+/// The conventional (dig) name of a response code, for the metric label.
+fn rcode_name(code: ResponseCode) -> &'static str {
+    match code {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::Refused => "REFUSED",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::NotImp => "NOTIMP",
+        _ => "OTHER",
+    }
+}
 
 fn count_query(rcode: &str) {
     QUERIES
@@ -156,7 +172,7 @@ async fn send<'a, R: ResponseHandler>(
 ) -> ResponseInfo {
     match handle.send_response(response).await {
         Ok(info) => {
-            count_query(&info.response_code.to_string());
+            count_query(rcode_name(info.response_code));
             info
         }
         Err(error) => {
