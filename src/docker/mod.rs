@@ -178,7 +178,14 @@ impl Engine {
         let mut stream = self.docker.create_image(Some(options), None, None);
         while let Some(item) = stream.next().await {
             if let Err(e) = item {
-                if is_transient(&e) {
+                // The engine lost mid-pull may pass; the engine's own answer (a 404, or a 500 for
+                // an unreachable registry) names an image it can't get: final, with its name.
+                let answered = matches!(
+                    e,
+                    bollard::errors::Error::DockerResponseServerError { .. }
+                        | bollard::errors::Error::DockerStreamError { .. }
+                );
+                if is_transient(&e) && !answered {
                     return Err(DockerError::engine(format!("pulling image {image}"), e));
                 }
                 return Err(DockerError::ImageMissing {
