@@ -57,6 +57,45 @@ fn read_data(slug: &str) -> String {
     out
 }
 
+/// `team.provision {slug, certificate: true}` for alice with two attempts while the CA is
+/// unreachable: both attempts fail. Returns the task's hash.
+async fn provision_without_ca(platform: &Platform, slug: &str) -> HashMap<String, String> {
+    let id = platform
+        .enqueue(
+            PROVISIONING,
+            "team.provision",
+            Some("alice"),
+            json!({"slug": slug, "certificate": true}),
+            Some(2),
+        )
+        .await;
+    let hash = platform.wait_end(&id, LONG).await;
+    assert_eq!(status(&hash), "failed", "{hash:#?}");
+    hash
+}
+
+/// Runs a provisioning task for `user`, which must complete.
+async fn provisioned(platform: &Platform, task_type: &str, user: &str, payload: serde_json::Value) {
+    assert_completed(
+        &platform
+            .run(PROVISIONING, task_type, Some(user), payload)
+            .await,
+    );
+}
+
+/// `team.delete {slug, purge_data: true}` for `user`, which must complete.
+async fn purge(platform: &Platform, slug: &str, user: &str) {
+    let hash = platform
+        .run(
+            PROVISIONING,
+            "team.delete",
+            Some(user),
+            json!({"slug": slug, "purge_data": true}),
+        )
+        .await;
+    assert_completed(&hash);
+}
+
 fn resolves(platform: &Platform, slug: &str) -> Vec<String> {
     dig(platform.dns, &format!("{slug}.localhost"), "A", &[]).values("A")
 }
@@ -90,17 +129,7 @@ async fn a_failed_reprovision_keeps_the_live_team_and_the_kept_volume() {
 
     // Re-provision with a certificate while the CA is unreachable, through the real worker with
     // two attempts: both fail, and the team is untouched.
-    let id = platform
-        .enqueue(
-            PROVISIONING,
-            "team.provision",
-            Some("alice"),
-            json!({"slug": slug, "certificate": true}),
-            Some(2),
-        )
-        .await;
-    let hash = platform.wait_end(&id, LONG).await;
-    assert_eq!(status(&hash), "failed", "{hash:#?}");
+    let hash = provision_without_ca(&platform, &slug).await;
     assert_eq!(hash["attempts"], "2", "{hash:#?}");
     assert_team_running(&slug);
     assert_eq!(inspect(&format!("team-{slug}-api"))["Id"], api_id);
@@ -112,29 +141,10 @@ async fn a_failed_reprovision_keeps_the_live_team_and_the_kept_volume() {
 
     // Delete without purge_data keeps the volume; a failing provision afterwards removes what it
     // created (containers, network, name) and never the kept volume.
-    assert_completed(
-        &platform
-            .run(
-                PROVISIONING,
-                "team.delete",
-                Some("alice"),
-                json!({"slug": slug}),
-            )
-            .await,
-    );
+    provisioned(&platform, "team.delete", "alice", json!({"slug": slug})).await;
     assert!(containers_of(&slug).is_empty());
     assert_eq!(volumes_of(&slug), vec![format!("team-{slug}-data")]);
-    let id = platform
-        .enqueue(
-            PROVISIONING,
-            "team.provision",
-            Some("alice"),
-            json!({"slug": slug, "certificate": true}),
-            Some(2),
-        )
-        .await;
-    let hash = platform.wait_end(&id, LONG).await;
-    assert_eq!(status(&hash), "failed", "{hash:#?}");
+    provision_without_ca(&platform, &slug).await;
     assert!(
         containers_of(&slug).is_empty(),
         "{:?}",
@@ -145,27 +155,9 @@ async fn a_failed_reprovision_keeps_the_live_team_and_the_kept_volume() {
     assert!(platform.keys("journal:*").await.is_empty());
 
     // The data is still there for the next provision.
-    assert_completed(
-        &platform
-            .run(
-                PROVISIONING,
-                "team.provision",
-                Some("alice"),
-                json!({"slug": slug}),
-            )
-            .await,
-    );
+    provisioned(&platform, "team.provision", "alice", json!({"slug": slug})).await;
     assert_eq!(read_data(&slug), "kept");
-    assert_completed(
-        &platform
-            .run(
-                PROVISIONING,
-                "team.delete",
-                Some("alice"),
-                json!({"slug": slug, "purge_data": true}),
-            )
-            .await,
-    );
+    purge(&platform, &slug, "alice").await;
     platform.stop().await;
 }
 
@@ -238,16 +230,7 @@ async fn the_engine_lost_mid_provision_is_retried_and_converges_with_nothing_lef
     assert!(platform.keys("journal*").await.is_empty());
     assert_eq!(resolves(&platform, &slug), ["127.0.0.1"]);
 
-    assert_completed(
-        &platform
-            .run(
-                PROVISIONING,
-                "team.delete",
-                Some("alice"),
-                json!({"slug": slug, "purge_data": true}),
-            )
-            .await,
-    );
+    purge(&platform, &slug, "alice").await;
     platform.stop().await;
 }
 
@@ -265,16 +248,13 @@ async fn names_and_certificates_belong_to_their_tenant() {
     let vfqdn = format!("{victim}.localhost");
 
     // Alice's team, with its certificate.
-    assert_completed(
-        &platform
-            .run(
-                PROVISIONING,
-                "team.provision",
-                Some("alice"),
-                json!({"slug": victim, "certificate": true}),
-            )
-            .await,
-    );
+    provisioned(
+        &platform,
+        "team.provision",
+        "alice",
+        json!({"slug": victim, "certificate": true}),
+    )
+    .await;
     let chain = platform
         .certs_dir()
         .join(format!("team-{victim}/fullchain.pem"));
@@ -476,28 +456,17 @@ async fn names_and_certificates_belong_to_their_tenant() {
             )
             .await,
     );
-    assert_refused(
-        &platform
+    for target in [format!("{a}.localhost."), format!("{b}.localhost")] {
+        let hash = platform
             .run(
                 DNS,
                 "dns.record.upsert",
                 None,
-                upsert(b.clone(), "CNAME", &format!("{a}.localhost.")),
+                upsert(b.clone(), "CNAME", &target),
             )
-            .await,
-        "CNAME loop",
-    );
-    assert_refused(
-        &platform
-            .run(
-                DNS,
-                "dns.record.upsert",
-                None,
-                upsert(b.clone(), "CNAME", &format!("{b}.localhost")),
-            )
-            .await,
-        "CNAME loop",
-    );
+            .await;
+        assert_refused(&hash, "CNAME loop");
+    }
 
     // A name squatted before its team exists doesn't block the team: the tenant wins.
     assert_completed(
@@ -510,16 +479,7 @@ async fn names_and_certificates_belong_to_their_tenant() {
             )
             .await,
     );
-    assert_completed(
-        &platform
-            .run(
-                PROVISIONING,
-                "team.provision",
-                Some("bob"),
-                json!({"slug": squat}),
-            )
-            .await,
-    );
+    provisioned(&platform, "team.provision", "bob", json!({"slug": squat})).await;
     assert_eq!(resolves(&platform, &squat), ["127.0.0.1"]);
     assert_refused(
         &platform
@@ -533,18 +493,8 @@ async fn names_and_certificates_belong_to_their_tenant() {
         "does not own",
     );
 
-    for (slug, user) in [(&victim, "alice"), (&squat, "bob")] {
-        assert_completed(
-            &platform
-                .run(
-                    PROVISIONING,
-                    "team.delete",
-                    Some(user),
-                    json!({"slug": slug, "purge_data": true}),
-                )
-                .await,
-        );
-    }
+    purge(&platform, &victim, "alice").await;
+    purge(&platform, &squat, "bob").await;
     platform.stop().await;
 }
 

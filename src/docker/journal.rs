@@ -117,28 +117,40 @@ impl Journal {
         };
         let body = serde_json::to_string(&entry)
             .map_err(|e| TaskError::Failed(format!("journal entry: {e}")))?;
-        let mut conn = self.redis.get().await?;
-        redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .cmd("RPUSH")
             .arg(keys::journal(&self.task_id))
             .arg(body)
-            .ignore()
-            .cmd("HSET")
-            .arg(keys::journal_state(&self.task_id))
+            .ignore();
+        self.write_state(pipe, &[]).await
+    }
+
+    /// Runs `pipe` with the journal's state (tenant, `extra` fields, time) and index entry added.
+    async fn write_state(
+        &self,
+        mut pipe: redis::Pipeline,
+        extra: &[(&str, String)],
+    ) -> Result<(), TaskError> {
+        let mut hset = redis::cmd("HSET");
+        hset.arg(keys::journal_state(&self.task_id))
             .arg("kind")
             .arg(self.kind.as_str())
             .arg("slug")
             .arg(&self.slug)
             .arg("updated_at")
-            .arg(crate::progress::now())
+            .arg(crate::progress::now());
+        for (field, value) in extra {
+            hset.arg(*field).arg(value);
+        }
+        pipe.add_command(hset)
             .ignore()
             .cmd("SADD")
             .arg(keys::JOURNALS)
             .arg(&self.task_id)
-            .ignore()
-            .query_async::<()>(&mut *conn)
-            .await?;
+            .ignore();
+        let mut conn = self.redis.get().await?;
+        pipe.query_async::<()>(&mut *conn).await?;
         Ok(())
     }
 
@@ -170,27 +182,10 @@ impl Journal {
     }
 
     async fn mark_rolling_back(&self) -> Result<(), TaskError> {
-        let mut conn = self.redis.get().await?;
-        redis::pipe()
-            .atomic()
-            .cmd("HSET")
-            .arg(keys::journal_state(&self.task_id))
-            .arg("kind")
-            .arg(self.kind.as_str())
-            .arg("slug")
-            .arg(&self.slug)
-            .arg("rolling_back")
-            .arg(self.fence)
-            .arg("updated_at")
-            .arg(crate::progress::now())
-            .ignore()
-            .cmd("SADD")
-            .arg(keys::JOURNALS)
-            .arg(&self.task_id)
-            .ignore()
-            .query_async::<()>(&mut *conn)
-            .await?;
-        Ok(())
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        self.write_state(pipe, &[("rolling_back", self.fence.to_string())])
+            .await
     }
 
     /// Deletes the journal (the task succeeded or its rollback completed).
