@@ -229,6 +229,14 @@ async fn the_engine_lost_mid_provision_is_retried_and_converges_with_nothing_lef
     assert_eq!(api["Config"]["Labels"]["orchestrator.attempt"], "2");
     assert!(platform.keys("journal*").await.is_empty());
     assert_eq!(resolves(&platform, &slug), ["127.0.0.1"]);
+    // The claim attempt 1 made was released by its rollback and made again by attempt 2.
+    let owner: Option<String> = redis::cmd("HGET")
+        .arg(format!("tenant:{slug}"))
+        .arg("owner")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(owner.as_deref(), Some("alice"));
 
     purge(&platform, &slug, "alice").await;
     platform.stop().await;

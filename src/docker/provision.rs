@@ -254,7 +254,7 @@ pub async fn provision(
     validate::tenant_names(slug, &config.platform.domain)?;
     let rendered = templates::render(config, kind, slug)
         .map_err(|e| TaskError::Invalid(format!("template: {e}")))?;
-    let claim = check_kind(services, kind, slug).await?;
+    check_kind(services, kind, slug).await?;
     let journal = journal_for(progress, services, kind, slug);
     // An earlier attempt of this task was killed (or lost the engine) while rolling back: finish
     // that first, then provision afresh.
@@ -266,6 +266,8 @@ pub async fn provision(
             TaskError::Retryable(format!("rollback of an earlier attempt incomplete: {e}"))
         })?;
     }
+    // Read after that rollback, which may have released a claim an earlier attempt made.
+    let claim = check_kind(services, kind, slug).await?;
     let prior = read_record(services, kind, slug).await?;
     let prior_live = matches!(
         prior.get("status").map(String::as_str),
