@@ -420,6 +420,19 @@ async fn names_and_certificates_belong_to_their_tenant() {
         .unwrap();
     assert_eq!(cert_status, "valid");
 
+    // Mallory can't run the lifecycle of Alice's team either.
+    for task_type in ["team.delete", "team.suspend", "team.provision"] {
+        let hash = platform
+            .run(
+                PROVISIONING,
+                task_type,
+                Some("mallory"),
+                json!({"slug": victim}),
+            )
+            .await;
+        assert_refused(&hash, "belongs to user \"alice\"");
+    }
+
     // A sandbox can't take the team's slug, nor delete its name.
     assert_refused(
         &platform

@@ -202,6 +202,34 @@ fn journal_for(progress: &dyn Progress, services: &Services, kind: Kind, slug: &
     Journal::new(services.redis.clone(), &id, fence, kind, slug)
 }
 
+/// Refuses a lifecycle task on a tenant another user owns. The platform (no `user_id`: the CLI,
+/// `reconcile --fix`) may run any tenant's lifecycle.
+fn check_owner(
+    progress: &dyn Progress,
+    claim: Option<ownership::Tenant>,
+    action: &str,
+) -> Result<(), TaskError> {
+    let principal = progress
+        .context()
+        .map(|ctx| ownership::principal(ctx.task()))
+        .unwrap_or_default();
+    match claim {
+        Some(tenant) if !principal.is_empty() && tenant.owner != principal => {
+            Err(TaskError::Invalid(format!(
+                "refused: {} {} belongs to {}; {action} from user {principal:?} is refused",
+                tenant.kind.as_str(),
+                tenant.slug,
+                if tenant.owner.is_empty() {
+                    "the platform".to_string()
+                } else {
+                    format!("user {:?}", tenant.owner)
+                },
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Refuses `slug` when the other kind of tenant has it (claimed, or recorded before claims
 /// existed). Returns this kind's claim, if any.
 async fn check_kind(
@@ -254,7 +282,11 @@ pub async fn provision(
     validate::tenant_names(slug, &config.platform.domain)?;
     let rendered = templates::render(config, kind, slug)
         .map_err(|e| TaskError::Invalid(format!("template: {e}")))?;
-    check_kind(services, kind, slug).await?;
+    check_owner(
+        progress,
+        check_kind(services, kind, slug).await?,
+        "provision",
+    )?;
     let journal = journal_for(progress, services, kind, slug);
     // An earlier attempt of this task was killed (or lost the engine) while rolling back: finish
     // that first, then provision afresh.
@@ -624,8 +656,9 @@ pub async fn delete(
         .await?;
     check_slug(slug)?;
     let config = &services.config;
-    // A sandbox.delete must never remove a team's name (or the other way round).
-    check_kind(services, kind, slug).await?;
+    // A sandbox.delete must never remove a team's name (or the other way round), nor a user
+    // another user's tenant.
+    check_owner(progress, check_kind(services, kind, slug).await?, "delete")?;
     let containers = engine.owned_containers(Some((kind, slug))).await?;
     for c in &containers {
         engine.remove_container(&c.id, &c.name).await?;
@@ -722,6 +755,11 @@ pub async fn lifecycle(
         .step(&format!("{verb} containers of {} {slug}", kind.as_str()))
         .await?;
     check_slug(slug)?;
+    check_owner(
+        progress,
+        check_kind(services, kind, slug).await?,
+        verb.to_lowercase().as_str(),
+    )?;
     let containers = engine.owned_containers(Some((kind, slug))).await?;
     if containers.is_empty() {
         return Err(TaskError::Failed(format!(
