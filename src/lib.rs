@@ -29,7 +29,8 @@
 //! # Invariants
 //! - A task is always in exactly one place: a queue list, one worker's processing list, the delayed
 //!   set, or the dead-letter list (moves between them are atomic).
-//! - Every handler is idempotent and undoes what it created when it fails or is cancelled.
+//! - Every handler is idempotent and undoes what it created when it fails or is cancelled, and only
+//!   that (provisions journal each creation first, see `docker::journal`); a tenant's names are its own.
 //! - Untrusted strings are validated ([`validate`]) before they reach a label, a zone file or a path.
 
 pub mod acme;

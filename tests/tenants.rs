@@ -144,6 +144,17 @@ async fn a_failed_reprovision_keeps_the_live_team_and_the_kept_volume() {
     provisioned(&platform, "team.delete", "alice", json!({"slug": slug})).await;
     assert!(containers_of(&slug).is_empty());
     assert_eq!(volumes_of(&slug), vec![format!("team-{slug}-data")]);
+    // The kept data stays Alice's: nobody else can provision the slug and adopt it.
+    let hash = platform
+        .run(
+            PROVISIONING,
+            "team.provision",
+            Some("mallory"),
+            json!({"slug": slug}),
+        )
+        .await;
+    assert_refused(&hash, "belongs to user \"alice\"");
+    assert!(containers_of(&slug).is_empty());
     provision_without_ca(&platform, &slug).await;
     assert!(
         containers_of(&slug).is_empty(),

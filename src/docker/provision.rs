@@ -683,22 +683,30 @@ pub async fn delete(
         .await?;
     progress.note(&line).await?;
     let mut volumes_removed = Vec::new();
+    // Volumes are named by the template; read it when it renders, else the default name.
+    let volumes = match templates::render(config, kind, slug) {
+        Ok(r) => r.volumes,
+        Err(_) => vec![format!("{}-data", kind.prefix(slug))],
+    };
     if purge_data {
         progress.step("Removing data volume").await?;
-        // Volumes are named by the template; read it when it renders, else the default name.
-        let volumes = match templates::render(config, kind, slug) {
-            Ok(r) => r.volumes,
-            Err(_) => vec![format!("{}-data", kind.prefix(slug))],
-        };
-        for v in volumes {
-            if engine.remove_volume(&v).await? {
-                volumes_removed.push(v);
+        for v in &volumes {
+            if engine.remove_volume(v).await? {
+                volumes_removed.push(v.clone());
             }
         }
     }
+    let mut data_kept = false;
+    for v in &volumes {
+        data_kept |= engine.volume_exists(v).await?;
+    }
     progress.step("Recording state").await?;
     delete_record(services, kind, slug).await?;
-    ownership::forget(&services.redis, kind, slug).await?;
+    // While its data volume is kept, the slug stays its owner's: nobody else can provision it
+    // (and so adopt the data) or set names in its space. Purging the data releases it.
+    if !data_kept {
+        ownership::forget(&services.redis, kind, slug).await?;
+    }
     // Leftover journals of earlier failed tasks of this tenant have nothing left to remove.
     journal_for(progress, services, kind, slug)
         .settle_tenant()
