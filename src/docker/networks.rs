@@ -131,6 +131,12 @@ impl Engine {
         match self.client().remove_network(&network.id).await {
             Ok(()) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
+            // Endpoints of containers just removed (or of a start the engine lost mid-way) go a
+            // moment later: may pass, so retried rather than final.
+            Err(e) if plain(&e).contains("active endpoints") => Err(DockerError::Transient {
+                what: format!("removing network {name}"),
+                message: plain(&e),
+            }),
             Err(e) => Err(DockerError::engine(format!("removing network {name}"), e)),
         }
     }
