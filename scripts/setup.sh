@@ -26,6 +26,14 @@ fi
 
 # The Docker engine: start it in the background unless one already answers.
 if ! docker info >/dev/null 2>&1; then
+  # Per-team bridge networks: Docker's default pools hold about 30 of them. Before dockerd's first
+  # start (never on a running one), give it room for ~1000 /26 team networks unless the host
+  # already configures it (see README, Operations: address pools).
+  if [ ! -e /etc/docker/daemon.json ]; then
+    mkdir -p /etc/docker
+    echo '{"default-address-pools":[{"base":"10.201.0.0/16","size":26}]}' >/etc/docker/daemon.json
+    echo "setup: wrote /etc/docker/daemon.json (default-address-pools 10.201.0.0/16 split in /26)"
+  fi
   echo "setup: starting dockerd"
   mkdir -p run
   nohup dockerd >run/dockerd.log 2>&1 &

@@ -251,6 +251,7 @@ pub async fn dead_retry(pool: &Pool, id: Option<&str>) -> Result<Vec<String>, Ad
         if id.is_some_and(|wanted| wanted != entry.id) {
             continue;
         }
+        let body = body_with_id(&entry.body, &entry.id);
         let mut fields: BTreeMap<&str, String> = BTreeMap::new();
         fields.insert("status", "queued".into());
         fields.insert("attempts", "0".into());
@@ -279,7 +280,7 @@ pub async fn dead_retry(pool: &Pool, id: Option<&str>) -> Result<Vec<String>, Ad
             .ignore()
             .cmd("RPUSH")
             .arg(&entry.queue)
-            .arg(&entry.body)
+            .arg(&body)
             .ignore();
         pipe.query_async::<()>(&mut conn).await?;
         retried.push(entry.id);
@@ -290,6 +291,19 @@ pub async fn dead_retry(pool: &Pool, id: Option<&str>) -> Result<Vec<String>, Ad
         return Err(AdminError::NoSuchDeadLetter(id.to_string()));
     }
     Ok(retried)
+}
+
+/// The body to queue again: the original, with the dead-letter entry's id written into it when
+/// it carried none (or another), so the retried task keeps its identity: the same `task:<id>` is
+/// updated, `watch` and `cancel` on that id work. A body that is not a JSON object is unchanged.
+fn body_with_id(body: &str, id: &str) -> String {
+    match serde_json::from_str::<Value>(body) {
+        Ok(Value::Object(mut map)) if map.get("id").and_then(Value::as_str) != Some(id) => {
+            map.insert("id".into(), Value::String(id.to_string()));
+            Value::Object(map).to_string()
+        }
+        _ => body.to_string(),
+    }
 }
 
 /// Empties the dead-letter list; returns how many entries it held.
@@ -313,4 +327,20 @@ pub async fn task_hash(pool: &Pool, id: &str) -> Result<BTreeMap<String, String>
         .arg(keys::task(id))
         .query_async(&mut conn)
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::body_with_id;
+
+    #[test]
+    fn a_retried_body_keeps_the_dead_letter_id() {
+        let body = r#"{"type":"system.ping","payload":{}}"#;
+        let fixed: serde_json::Value = serde_json::from_str(&body_with_id(body, "abc")).unwrap();
+        assert_eq!(fixed["id"], "abc");
+        assert_eq!(fixed["type"], "system.ping");
+        let with_id = r#"{"id":"abc","type":"system.ping"}"#;
+        assert_eq!(body_with_id(with_id, "abc"), with_id);
+        assert_eq!(body_with_id("not json", "abc"), "not json");
+    }
 }

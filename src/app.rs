@@ -1,7 +1,9 @@
 //! Assembly: from a [`Config`] to the running pieces (services, handlers, worker, metrics endpoint).
 //! The binary and the integration tests start a worker the same way, through [`start_worker`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use thiserror::Error;
 use tokio::task::JoinHandle;
@@ -103,16 +105,17 @@ pub async fn start_worker(config: Arc<Config>) -> Result<RunningWorker, StartErr
             })?;
         metrics_addr = listener.local_addr().ok();
         info!(addr = ?metrics_addr, "serving /healthz and /metrics");
-        let stop = shutdown.clone();
+        let (stop, served) = (shutdown.clone(), metrics.clone());
         tokio::spawn(async move {
-            if let Err(err) = crate::metrics::serve(listener, metrics, stop).await {
+            if let Err(err) = crate::metrics::serve(listener, served, stop).await {
                 tracing::error!(error = %err, "metrics endpoint stopped");
             }
         });
     }
-    spawn_dns(&config, &services, &shutdown)?;
+    let dns_addr = spawn_dns(&config, &services, &shutdown).await?;
+    let mut http01_addr = None;
     if !config.acme.http01_listen.is_empty() {
-        acme::http01::spawn(
+        let (addr, _) = acme::http01::spawn(
             &config.acme.http01_listen,
             services.redis.clone(),
             shutdown.token(),
@@ -122,7 +125,15 @@ pub async fn start_worker(config: Arc<Config>) -> Result<RunningWorker, StartErr
             addr: config.acme.http01_listen.clone(),
             source,
         })?;
+        http01_addr = Some(addr);
     }
+    tokio::spawn(probe(
+        config.clone(),
+        metrics.clone(),
+        dns_addr,
+        http01_addr,
+        shutdown.token(),
+    ));
     if config.worker.renewal_scheduler {
         tokio::spawn(acme::renewal::run(services.clone(), shutdown.token()));
     }
@@ -137,26 +148,122 @@ pub async fn start_worker(config: Arc<Config>) -> Result<RunningWorker, StartErr
 }
 
 /// Every worker keeps this host's zone file in step with Redis; with `--embedded-dns` it also serves
-/// the zone itself.
-fn spawn_dns(
+/// the zone itself. The server's sockets are bound before the worker starts: a `DNS_LISTEN` that is
+/// taken fails the start (`cannot listen on …`) rather than leaving a worker without its DNS.
+/// Returns the UDP address served.
+async fn spawn_dns(
     config: &Arc<Config>,
     services: &Arc<Services>,
     shutdown: &Shutdown,
-) -> Result<(), StartError> {
+) -> Result<Option<SocketAddr>, StartError> {
     let store = ZoneStore::from_config(config, services.redis.clone())?;
     let (writer_config, token) = (config.clone(), shutdown.token());
+    let writer_store = store.clone();
     tokio::spawn(async move {
-        if let Err(err) = dns::run_zone_file_writer(&writer_config, store, token).await {
+        if let Err(err) = dns::run_zone_file_writer(&writer_config, writer_store, token).await {
             tracing::error!(error = %err, "zone file writer stopped");
         }
     });
-    if config.worker.embedded_dns {
-        let (server_config, token) = (config.clone(), shutdown.token());
-        tokio::spawn(async move {
-            if let Err(err) = dns::serve(&server_config, token).await {
-                tracing::error!(error = %err, "embedded DNS server stopped");
-            }
-        });
+    if !config.worker.embedded_dns {
+        return Ok(None);
     }
-    Ok(())
+    let listen = config.dns.dns_listen;
+    let server = dns::server::DnsServer::start(listen, &config.redis.redis_url, store.clone())
+        .await
+        .map_err(|e| match e {
+            crate::dns::DnsError::Io { source, .. } => StartError::Listen {
+                addr: listen.to_string(),
+                source,
+            },
+            other => StartError::Dns(other),
+        })?;
+    let addr = server.udp_addr();
+    tracing::info!(udp = %addr, tcp = %server.tcp_addr(), "serving the DNS zone");
+    let token = shutdown.token();
+    tokio::spawn(async move {
+        // Written once Redis answers (the worker may start before it does).
+        while let Err(error) = store.ensure_platform_records().await {
+            tracing::warn!(%error, "cannot write the platform DNS records yet");
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+        token.cancelled().await;
+        server.shutdown().await;
+    });
+    Ok(Some(addr))
+}
+
+/// Seconds between two probes of the components `/healthz` reports.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// Probes what this worker runs besides Redis (which the worker loop itself reports) and records
+/// it for `/healthz`: the Docker engine answers a ping, the embedded DNS server answers a query,
+/// the HTTP-01 responder accepts connections.
+async fn probe(
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    dns: Option<SocketAddr>,
+    http01: Option<SocketAddr>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let loopback = |addr: SocketAddr| {
+        let mut addr = addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        addr
+    };
+    let zone = config.dns.zone(&config.platform);
+    loop {
+        let docker = tokio::time::timeout(Duration::from_secs(3), async {
+            let engine = crate::docker::Engine::connect(&config.docker)
+                .await
+                .map_err(|e| e.to_string())?;
+            engine
+                .client()
+                .ping()
+                .await
+                .map(|_| ())
+                .map_err(|e| crate::docker::plain(&e))
+        })
+        .await
+        .unwrap_or_else(|_| Err("no answer within 3 s".into()));
+        metrics.set_component(
+            "docker",
+            docker.map_err(|e| format!("engine unreachable: {e}")),
+        );
+        if let Some(addr) = dns {
+            let name = format!("ns.{}", zone.trim_end_matches('.'));
+            let answered = acme::dns01::query_txt(loopback(addr), &name).await;
+            metrics.set_component(
+                "dns",
+                answered
+                    .map(|_| ())
+                    .map_err(|e| format!("embedded server on {addr} does not answer: {e}")),
+            );
+        }
+        if let Some(addr) = http01 {
+            let answered = http_answers(loopback(addr)).await;
+            metrics.set_component(
+                "http01",
+                answered.map_err(|e| format!("responder on {addr} does not answer: {e}")),
+            );
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(PROBE_EVERY) => {}
+        }
+    }
+}
+
+/// Whether the responder at `addr` accepts connections. Its HTTP answer is not required: at its
+/// connection cap (see `listen`) it closes new connections at once, and that is no failure.
+async fn http_answers(addr: SocketAddr) -> Result<(), String> {
+    match tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 3 s".into()),
+    }
 }

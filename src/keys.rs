@@ -91,3 +91,23 @@ pub fn dns_serial(origin: &str) -> String {
 /// Channel announcing every DNS zone change: message `<origin> <serial>`. Zone file writers and
 /// embedded servers reload the zone from Redis when they hear it (and on every (re)subscribe).
 pub const DNS_CHANGES: &str = "dns:changes";
+
+/// Creation journal of a provisioning task (list of JSON entries, oldest first): what the task's
+/// attempts created, written before each creation, so a rollback removes exactly that.
+pub fn journal(task_id: &str) -> String {
+    format!("journal:{task_id}")
+}
+
+/// State of a task's creation journal (hash: `kind`, `slug`, `rolling_back`, `updated_at`).
+pub fn journal_state(task_id: &str) -> String {
+    format!("journal:{task_id}:state")
+}
+
+/// Set of the task ids that have a creation journal (for `reconcile --fix` and settling).
+pub const JOURNALS: &str = "journals";
+
+/// Ownership of a tenant's name space `<slug>.<domain>` (hash: `kind`, `owner`, `task`,
+/// `created_at`): one slug, one kind, one owner.
+pub fn tenant(slug: &str) -> String {
+    format!("tenant:{slug}")
+}

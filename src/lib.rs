@@ -18,17 +18,19 @@
 //! - [`services`]: what handlers share, and the seams to DNS and certificates.
 //! - [`docker`]: the Docker engine wrapper and the team/sandbox provisioning engine.
 //! - [`templates`]: the team/sandbox container templates and their Traefik labels.
+//! - [`ownership`]: who owns a name: tenants' name spaces, the DNS and certificate rules.
 //! - [`validate`]: checks of untrusted names before they reach labels, zone files or paths.
 //! - [`keys`]: every Redis key and channel name.
 //! - [`admin`], [`watch`]: what the CLI does for admins (enqueue, cancel, status, dead letters,
 //!   live progress).
-//! - [`app`], [`connections`], [`metrics`], [`shutdown`]: assembly, Redis connections, `/healthz`
-//!   and `/metrics`, graceful shutdown.
+//! - [`app`], [`connections`], [`metrics`], [`listen`], [`shutdown`]: assembly, Redis connections,
+//!   `/healthz` and `/metrics`, hardened HTTP listeners, graceful shutdown.
 //!
 //! # Invariants
 //! - A task is always in exactly one place: a queue list, one worker's processing list, the delayed
 //!   set, or the dead-letter list (moves between them are atomic).
-//! - Every handler is idempotent and undoes what it created when it fails or is cancelled.
+//! - Every handler is idempotent and undoes what it created when it fails or is cancelled, and only
+//!   that (provisions journal each creation first, see `docker::journal`); a tenant's names are its own.
 //! - Untrusted strings are validated ([`validate`]) before they reach a label, a zone file or a path.
 
 pub mod acme;
@@ -41,7 +43,9 @@ pub mod dns;
 pub mod docker;
 pub mod handlers;
 pub mod keys;
+pub mod listen;
 pub mod metrics;
+pub mod ownership;
 pub mod progress;
 pub mod queue;
 pub mod queues;

@@ -149,8 +149,19 @@ enum DeadAction {
     Purge,
 }
 
+/// hickory logs two `info` lines per DNS query: a flood of queries would become a flood of logs.
+/// Kept at `warn` unless `RUST_LOG` names hickory itself (the `orchestrator_dns_queries` metric
+/// counts the queries instead).
+const QUIET_DNS: &str = "hickory_server=warn";
+
 fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let asked = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if !asked.contains("hickory")
+        && let Ok(directive) = QUIET_DNS.parse()
+    {
+        filter = filter.add_directive(directive);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

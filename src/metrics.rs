@@ -1,11 +1,14 @@
 //! Operations endpoint: `/healthz` and Prometheus `/metrics` over HTTP, and the metrics themselves
 //! (tasks by type and outcome, task duration, queue depths, in-flight tasks).
 //!
-//! `/healthz` answers 200 while the worker's last Redis round trip succeeded recently, 503 otherwise,
-//! so a container orchestrator restarts a worker that lost Redis for good.
+//! `/healthz` answers 200 while the worker's last Redis round trip succeeded recently and every
+//! other component it was asked to run (the Docker engine, the embedded DNS server, the HTTP-01
+//! responder; probed in the background by `app`) passed its last probe, 503 otherwise, with one
+//! line per component saying which one is down. Both listeners go through [`crate::listen`].
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -57,6 +60,9 @@ pub struct Metrics {
     pub recovered: Counter,
     /// Unix time (s) of the last successful Redis round trip.
     last_redis_ok: AtomicI64,
+    /// The other components this worker was asked to run (Docker engine, embedded DNS server,
+    /// HTTP-01 responder), as last probed: `Err` holds why one is down.
+    components: Mutex<BTreeMap<&'static str, Result<(), String>>>,
 }
 
 impl Default for Metrics {
@@ -109,6 +115,11 @@ impl Metrics {
             in_flight.clone(),
         );
         registry.register(
+            "dns_queries",
+            "DNS queries answered by the embedded server, by response code",
+            crate::dns::server::QUERIES.clone(),
+        );
+        registry.register(
             "recovered_tasks",
             "Tasks recovered from dead workers",
             recovered.clone(),
@@ -123,6 +134,7 @@ impl Metrics {
             in_flight,
             recovered,
             last_redis_ok: AtomicI64::new(0),
+            components: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -153,6 +165,41 @@ impl Metrics {
         chrono::Utc::now().timestamp() - last <= within.as_secs() as i64
     }
 
+    /// Records the state of a component `/healthz` reports.
+    pub fn set_component(&self, name: &'static str, state: Result<(), String>) {
+        let mut map = match self.components.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.insert(name, state);
+    }
+
+    /// Whether everything is up, and one line per component (`redis: ok`, `dns: <why>`).
+    pub fn health(&self, redis_within: Duration) -> (bool, String) {
+        let mut ok = true;
+        let mut lines = String::new();
+        if self.healthy(redis_within) {
+            lines.push_str("redis: ok\n");
+        } else {
+            ok = false;
+            lines.push_str("redis: unreachable\n");
+        }
+        let map = match self.components.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for (name, state) in map.iter() {
+            match state {
+                Ok(()) => lines.push_str(&format!("{name}: ok\n")),
+                Err(why) => {
+                    ok = false;
+                    lines.push_str(&format!("{name}: {why}\n"));
+                }
+            }
+        }
+        (ok, lines)
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -173,16 +220,21 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .with_state(metrics);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
+    // Header timeout and connection cap: idle clients can't starve the worker (see `listen`).
+    crate::listen::serve(listener, app, async move { shutdown.wait().await }).await
 }
 
-async fn healthz(State(metrics): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
-    if metrics.healthy(Duration::from_secs(30)) {
-        (StatusCode::OK, "ok\n")
+/// 200 `ok` when Redis answered lately and every component the worker runs passed its last probe;
+/// 503 otherwise. Either way one line per component follows.
+async fn healthz(State(metrics): State<Arc<Metrics>>) -> (StatusCode, String) {
+    let (ok, lines) = metrics.health(Duration::from_secs(30));
+    if ok {
+        (StatusCode::OK, format!("ok\n{lines}"))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy\n{lines}"),
+        )
     }
 }
 

@@ -20,6 +20,16 @@ pub trait NameRegistry: Send + Sync {
     async fn add_name(&self, slug: &str) -> Result<String, TaskError>;
     /// Removes the name of `slug`; removing a name that is not there succeeds.
     async fn remove_name(&self, slug: &str) -> Result<String, TaskError>;
+    /// Whether `<slug>.<zone>` already has its A record (so a provision adopts it, never removes it).
+    async fn has_name(&self, _slug: &str) -> Result<bool, TaskError> {
+        Ok(false)
+    }
+    /// Removes records squatted in `<slug>.<zone>`'s space before its tenant existed (the tenant
+    /// wins; `_acme-challenge` names are left to the ACME flow). Returns a line for the progress
+    /// message, empty when there was nothing.
+    async fn clear_space(&self, _slug: &str) -> Result<String, TaskError> {
+        Ok(String::new())
+    }
 }
 
 /// How provisioning handlers obtain a certificate for a team's names, inside the provisioning task.
@@ -39,6 +49,11 @@ pub trait CertificateIssuer: Send + Sync {
     /// scheduler no longer sees it). Removing a certificate that does not exist succeeds. Returns a
     /// line for the progress message.
     async fn remove_certificate(&self, name: &str) -> Result<String, TaskError>;
+
+    /// Whether a certificate `name` is stored (a provision that finds one never removes it).
+    async fn has_certificate(&self, _name: &str) -> Result<bool, TaskError> {
+        Ok(false)
+    }
 }
 
 /// A registry that publishes no names: says so in the progress message, changes nothing.

@@ -2,7 +2,8 @@
 //!
 //! Everything a producer sends is untrusted. A slug becomes part of a container name, a Traefik router
 //! name, a backtick-quoted rule and a DNS owner name, so it must be a lowercase DNS label and nothing
-//! else: `[a-z0-9]` with inner `-`, 1 to 63 characters. Domain names are sequences of such labels
+//! else: `[a-z0-9]` with inner `-`, 1 to 50 characters (so every derived name, up to `sandbox-<slug>-data`, is one label),
+//! and not a name the platform keeps for itself (`ns`, `www`, ...). Domain names are sequences of such labels
 //! (with an optional leading `*.` where a wildcard is meant).
 
 use thiserror::Error;
@@ -22,6 +23,10 @@ pub enum InvalidName {
         "{what} {value:?} is not a lowercase DNS label (only a-z, 0-9 and inner '-', at most 63 characters)"
     )]
     NotALabel { what: &'static str, value: String },
+    #[error(
+        "slug {value:?} is reserved for the platform (reserved: ns, www, api, traefik, portal, admin, mail, dns, acme)"
+    )]
+    Reserved { value: String },
 }
 
 /// Longest DNS label.
@@ -56,9 +61,49 @@ pub fn dns_label(what: &'static str, value: &str) -> Result<(), InvalidName> {
     }
 }
 
-/// Checks a team or sandbox slug (a lowercase DNS label).
+/// Longest slug: every name derived from it must stay one DNS label (Traefik router and
+/// certificate names are checked as such), and the longest the shipped templates derive,
+/// `sandbox-<slug>-data`, is then exactly 63 characters (`sandbox-<slug>-api`, the router,
+/// `team-<slug>-net`, the certificate name `sandbox-<slug>` are shorter).
+pub const MAX_SLUG: usize = MAX_LABEL - "sandbox-".len() - "-data".len();
+
+/// Slugs a tenant can't take: names the platform serves itself (`ns` is a platform record; the
+/// others are hosts of the platform next to the tenants).
+pub const RESERVED_SLUGS: [&str; 9] = [
+    "ns", "www", "api", "traefik", "portal", "admin", "mail", "dns", "acme",
+];
+
+/// Checks a team or sandbox slug: a lowercase DNS label of at most [`MAX_SLUG`] characters, not
+/// one of [`RESERVED_SLUGS`].
 pub fn slug(value: &str) -> Result<(), InvalidName> {
-    dns_label("slug", value)
+    dns_label("slug", value)?;
+    if value.len() > MAX_SLUG {
+        return Err(InvalidName::TooLong {
+            what: "slug",
+            value: value.to_string(),
+            max: MAX_SLUG,
+        });
+    }
+    if RESERVED_SLUGS.contains(&value) {
+        return Err(InvalidName::Reserved {
+            value: value.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks the names derived from a tenant slug under `domain`: the longest,
+/// `_acme-challenge.<slug>.<domain>`, must fit a domain name (253 characters).
+pub fn tenant_names(slug: &str, domain: &str) -> Result<(), InvalidName> {
+    let challenge = format!("_acme-challenge.{slug}.{}", domain.trim_end_matches('.'));
+    if challenge.len() > MAX_DOMAIN {
+        return Err(InvalidName::TooLong {
+            what: "derived name",
+            value: challenge,
+            max: MAX_DOMAIN,
+        });
+    }
+    Ok(())
 }
 
 /// Checks a domain name made of lowercase DNS labels (`a.b.c`, trailing dot allowed).
@@ -93,7 +138,7 @@ mod tests {
 
     #[test]
     fn accepts_plain_labels() {
-        for ok in ["a", "team-a", "0day", "x1-2-3", &"a".repeat(63)] {
+        for ok in ["a", "team-a", "0day", "x1-2-3", &"a".repeat(MAX_SLUG)] {
             assert_eq!(slug(ok), Ok(()), "{ok}");
         }
     }
@@ -115,6 +160,9 @@ mod tests {
             "../x",
             "ä",
             &"a".repeat(64),
+            &"a".repeat(MAX_SLUG + 1),
+            "ns",
+            "www",
         ] {
             assert!(slug(bad).is_err(), "{bad:?} passed");
         }
@@ -129,5 +177,26 @@ mod tests {
         assert!(domain("domain", "a.*.localhost", true).is_err());
         assert!(domain("domain", "a..b", false).is_err());
         assert!(domain("domain", "a.b c", false).is_err());
+    }
+
+    #[test]
+    fn the_schemas_refuse_what_slug_refuses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("queues/schemas");
+        for kind in ["team", "sandbox"] {
+            for action in ["provision", "delete"] {
+                let path = dir.join(format!("{kind}.{action}.json"));
+                let text = std::fs::read_to_string(&path).unwrap();
+                let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+                let slug = &schema["properties"]["slug"];
+                assert_eq!(slug["maxLength"], MAX_SLUG, "{path:?}");
+                let reserved: Vec<&str> = slug["not"]["enum"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect();
+                assert_eq!(reserved, RESERVED_SLUGS, "{path:?}");
+            }
+        }
     }
 }

@@ -447,7 +447,8 @@ fn compose_wires_the_stack() {
         !account.starts_with(&format!("{certs_dir}/")),
         "the ACME account must not sit in the certs volume Traefik mounts"
     );
-    assert!(env_of(orch, "METRICS_ADDR").starts_with("0.0.0.0:"));
+    // Loopback: the HEALTHCHECK runs inside the container; team containers must not reach it.
+    assert!(env_of(orch, "METRICS_ADDR").starts_with("127.0.0.1:"));
     let grace: u64 = setting_default("SHUTDOWN_GRACE_S").parse().unwrap();
     let stop = orch["stop_grace_period"]
         .as_str()

@@ -108,9 +108,9 @@ pub async fn spawn(
     let local = listener.local_addr()?;
     let app = router(redis);
     let handle = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
+        // Header timeout and connection cap (see `crate::listen`).
+        let served =
+            crate::listen::serve(listener, app, async move { shutdown.cancelled().await }).await;
         if let Err(e) = served {
             tracing::error!(error = %e, "HTTP-01 responder stopped");
         }

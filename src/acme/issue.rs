@@ -185,7 +185,7 @@ impl Acme {
     }
 
     /// The platform zone without its trailing dot (`localhost`).
-    fn zone(&self) -> String {
+    pub fn zone(&self) -> String {
         self.config
             .dns
             .zone(&self.config.platform)
@@ -550,6 +550,10 @@ impl CertificateIssuer for Acme {
         let mut value = record.to_json();
         value["reused"] = json!(false);
         Ok(value)
+    }
+
+    async fn has_certificate(&self, name: &str) -> Result<bool, TaskError> {
+        Ok(self.store.get(name).await?.is_some())
     }
 
     async fn remove_certificate(&self, name: &str) -> Result<String, TaskError> {

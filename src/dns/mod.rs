@@ -105,6 +105,39 @@ impl NameRegistry for ZoneStore {
         })
     }
 
+    async fn has_name(&self, slug: &str) -> Result<bool, TaskError> {
+        crate::validate::slug(slug)?;
+        Ok(self.snapshot().await?.get(slug, RecordKind::A).is_some())
+    }
+
+    async fn clear_space(&self, slug: &str) -> Result<String, TaskError> {
+        crate::validate::slug(slug)?;
+        let suffix = format!(".{slug}");
+        let squatted: Vec<(String, RecordKind)> = self
+            .snapshot()
+            .await?
+            .sets
+            .into_iter()
+            .filter(|s| s.owner == slug || s.owner.ends_with(&suffix))
+            .filter(|s| !s.owner.starts_with("_acme-challenge"))
+            .map(|s| (s.owner, s.kind))
+            .collect();
+        if squatted.is_empty() {
+            return Ok(String::new());
+        }
+        let mut removed = Vec::new();
+        for (owner, kind) in &squatted {
+            self.delete(owner, Some(*kind)).await?;
+            removed.push(format!("{owner} {kind}"));
+        }
+        self.write_zone_file().await?;
+        Ok(format!(
+            "DNS: removed records set in {slug}.{} before the tenant existed: {}",
+            self.origin(),
+            removed.join(", ")
+        ))
+    }
+
     async fn remove_name(&self, slug: &str) -> Result<String, TaskError> {
         crate::validate::slug(slug)?;
         let change = self.delete(slug, Some(RecordKind::A)).await?;

@@ -120,6 +120,43 @@ impl RequestHandler for ZoneRequestHandler {
     }
 }
 
+/// Label of [`QUERIES`]: the response code sent.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RcodeLabel {
+    pub rcode: String,
+}
+
+/// DNS queries answered by this process' embedded server, by response code. Queries are counted,
+/// not logged: a log line per query turns a query flood into a disk flood (hickory's own per-query
+/// lines are at `info`; the worker's default filter keeps `hickory_server` at `warn`).
+pub static QUERIES: std::sync::LazyLock<
+    prometheus_client::metrics::family::Family<
+        RcodeLabel,
+        prometheus_client::metrics::counter::Counter,
+    >,
+> = std::sync::LazyLock::new(Default::default);
+
+/// The conventional (dig) name of a response code, for the metric label.
+fn rcode_name(code: ResponseCode) -> &'static str {
+    match code {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::Refused => "REFUSED",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::NotImp => "NOTIMP",
+        _ => "OTHER",
+    }
+}
+
+fn count_query(rcode: &str) {
+    QUERIES
+        .get_or_create(&RcodeLabel {
+            rcode: rcode.to_string(),
+        })
+        .inc();
+}
+
 /// Sends `response`; hickory sets TC and trims it when it does not fit the client's UDP size.
 async fn send<'a, R: ResponseHandler>(
     handle: &mut R,
@@ -134,8 +171,12 @@ async fn send<'a, R: ResponseHandler>(
     request: &Request,
 ) -> ResponseInfo {
     match handle.send_response(response).await {
-        Ok(info) => info,
+        Ok(info) => {
+            count_query(rcode_name(info.response_code));
+            info
+        }
         Err(error) => {
+            count_query("SERVFAIL");
             tracing::debug!(%error, "cannot send DNS response");
             let mut metadata = Metadata::new(
                 request.metadata.id,

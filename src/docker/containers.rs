@@ -141,7 +141,24 @@ impl Engine {
         rendered: &Rendered,
         spec: &ContainerSpec,
     ) -> Result<String, DockerError> {
-        let body = container_body(rendered, spec);
+        self.create_container_labelled(rendered, spec, &Default::default())
+            .await
+    }
+
+    /// Creates the container of `spec` with `extra` labels besides the template's (the creating
+    /// task and attempt, see [`super::journal`]); returns its id.
+    pub async fn create_container_labelled(
+        &self,
+        rendered: &Rendered,
+        spec: &ContainerSpec,
+        extra: &std::collections::BTreeMap<String, String>,
+    ) -> Result<String, DockerError> {
+        let mut body = container_body(rendered, spec);
+        if let Some(labels) = body.labels.as_mut() {
+            for (k, v) in extra {
+                labels.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
         let options = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();

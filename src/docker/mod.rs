@@ -4,10 +4,12 @@
 //! networks (creation serialised, names compared exactly), images (present or pulled), volumes,
 //! containers (found by name + ownership label) and a bounded health wait.
 //!
-//! The provisioning engine shared by teams and sandboxes lives in [`provision`]; the read-only and
+//! The provisioning engine shared by teams and sandboxes lives in [`provision`], the record of
+//! what each provisioning task created (so a rollback removes only that) in [`journal`]; the read-only and
 //! repair views (`teams`, `reconcile`, `plan`) in [`teams`].
 
 pub mod containers;
+pub mod journal;
 pub mod networks;
 pub mod provision;
 pub mod teams;
@@ -34,6 +36,9 @@ pub enum DockerError {
     },
     #[error("{what}: {message}")]
     Engine { what: String, message: String },
+    /// The engine went away, timed out or answered 5xx: may pass, so the task is retried.
+    #[error("{what}: {message} (the Docker engine is unreachable or failing; will retry)")]
+    Transient { what: String, message: String },
     #[error("image {image} is not present and could not be pulled: {message}")]
     ImageMissing { image: String, message: String },
     #[error("{0}")]
@@ -47,11 +52,16 @@ pub enum DockerError {
 }
 
 impl DockerError {
-    /// Wraps a bollard error with what was being done, in plain words (the engine's own message).
+    /// Wraps a bollard error with what was being done, in plain words (the engine's own message),
+    /// classified once here: connection loss, timeouts and 5xx are [`DockerError::Transient`],
+    /// the engine's 4xx about the request are final.
     pub fn engine(what: impl Into<String>, err: bollard::errors::Error) -> DockerError {
-        DockerError::Engine {
-            what: what.into(),
-            message: plain(&err),
+        let what = what.into();
+        let message = plain(&err);
+        if is_transient(&err) {
+            DockerError::Transient { what, message }
+        } else {
+            DockerError::Engine { what, message }
         }
     }
 }
@@ -60,7 +70,9 @@ impl From<DockerError> for TaskError {
     fn from(err: DockerError) -> TaskError {
         match &err {
             // The engine being away or busy may pass; everything else is about this team.
-            DockerError::Connect { .. } => TaskError::Retryable(err.to_string()),
+            DockerError::Connect { .. } | DockerError::Transient { .. } => {
+                TaskError::Retryable(err.to_string())
+            }
             DockerError::Cancelled(_) => TaskError::Cancelled(err.to_string()),
             _ => TaskError::Failed(err.to_string()),
         }
@@ -76,6 +88,21 @@ pub fn plain(err: &bollard::errors::Error) -> String {
         } => format!("{message} (HTTP {status_code})"),
         bollard::errors::Error::DockerStreamError { error } => error.clone(),
         other => other.to_string(),
+    }
+}
+
+/// Whether `err` may pass: the connection to the engine failed or broke, the request timed out,
+/// or the engine answered 5xx.
+pub fn is_transient(err: &bollard::errors::Error) -> bool {
+    use bollard::errors::Error as E;
+    match err {
+        E::DockerResponseServerError { status_code, .. } => *status_code >= 500,
+        E::IOError { .. }
+        | E::HyperResponseError { .. }
+        | E::HyperLegacyError { .. }
+        | E::RequestTimeoutError
+        | E::SocketNotFoundError(_) => true,
+        _ => false,
     }
 }
 
@@ -151,6 +178,16 @@ impl Engine {
         let mut stream = self.docker.create_image(Some(options), None, None);
         while let Some(item) = stream.next().await {
             if let Err(e) = item {
+                // The engine lost mid-pull may pass; the engine's own answer (a 404, or a 500 for
+                // an unreachable registry) names an image it can't get: final, with its name.
+                let answered = matches!(
+                    e,
+                    bollard::errors::Error::DockerResponseServerError { .. }
+                        | bollard::errors::Error::DockerStreamError { .. }
+                );
+                if is_transient(&e) && !answered {
+                    return Err(DockerError::engine(format!("pulling image {image}"), e));
+                }
                 return Err(DockerError::ImageMissing {
                     image: image.to_string(),
                     message: plain(&e),

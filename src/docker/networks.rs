@@ -91,11 +91,19 @@ impl Engine {
             labels: Some(labels.clone().into_iter().collect()),
             ..Default::default()
         };
-        let created = self
-            .client()
-            .create_network(request)
-            .await
-            .map_err(|e| DockerError::engine(format!("creating network {name}"), e))?;
+        let created = self.client().create_network(request).await.map_err(|e| {
+            // The engine's default pools hold ~30 bridge networks: say what to configure rather
+            // than retrying something that cannot pass by itself.
+            if plain(&e).contains("non-overlapping IPv4 address pool") {
+                DockerError::Conflict(format!(
+                    "no address pool left for network {name}: configure default-address-pools in \
+                     /etc/docker/daemon.json (e.g. {{\"base\":\"10.201.0.0/16\",\"size\":26}}) or \
+                     remove unused networks (see README, Operations: address pools)"
+                ))
+            } else {
+                DockerError::engine(format!("creating network {name}"), e)
+            }
+        })?;
         // Another process may have created one at the same moment: keep the oldest.
         let all = self.networks_named(name).await?;
         if all.len() > 1
@@ -123,6 +131,12 @@ impl Engine {
         match self.client().remove_network(&network.id).await {
             Ok(()) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
+            // Endpoints of containers just removed (or of a start the engine lost mid-way) go a
+            // moment later: may pass, so retried rather than final.
+            Err(e) if plain(&e).contains("active endpoints") => Err(DockerError::Transient {
+                what: format!("removing network {name}"),
+                message: plain(&e),
+            }),
             Err(e) => Err(DockerError::engine(format!("removing network {name}"), e)),
         }
     }

@@ -4,10 +4,12 @@
 //! `provision` computes the desired state from the template, reads what exists (containers by
 //! name + ownership label, network by exact name, volume, the `team:<slug>` record) and applies the
 //! difference, step by step on the task's progress hash. A tenant already as wanted is left alone
-//! and the result says so; containers whose template hash label differs are replaced. Whatever a
-//! failed or cancelled run created is removed before the error is returned; when Redis does not say
-//! the tenant exists (a first provision, or one re-delivered after a crash), everything found of it
-//! counts as this run's, so a failure leaves nothing half-made.
+//! and the result says so; containers whose template hash label differs are replaced. Whatever the
+//! task created is written to its creation journal ([`super::journal`]) before it is created, and a
+//! failed or cancelled run removes exactly that, nothing it found (adopted): a failing re-provision
+//! never touches a live team, its DNS name or a retained data volume. Before any side effect the
+//! slug is checked (length of every derived name, reserved names) and claimed for its kind and
+//! owner ([`crate::ownership`]): a team and a sandbox never share a slug.
 //!
 //! Redis holds "what exists" per tenant: the `<kind>:<slug>` hash (status, containers, network,
 //! template_hash, updated_at) and the `teams` / `sandboxes` set, compared with the engine by
@@ -21,9 +23,11 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::Engine;
+use super::journal::{EntryKind, Journal};
 use crate::config::Config;
 use crate::context::TaskContext;
 use crate::keys;
+use crate::ownership;
 use crate::progress::ResourceEvent;
 use crate::services::Services;
 use crate::task::TaskError;
@@ -183,13 +187,70 @@ async fn publish(
     }
 }
 
-/// What a provision run created, to undo on failure.
-#[derive(Default, Debug)]
-struct Undo {
-    containers: Vec<(String, String)>,
-    volumes: Vec<String>,
-    network: Option<String>,
-    dns: bool,
+/// The fencing token of this attempt, written into journal entries and creation labels.
+/// (`TaskContext::fence` replaces `attempt` once fenced leases land: one line to switch.)
+fn attempt_fence(ctx: &TaskContext) -> u64 {
+    u64::from(ctx.attempt())
+}
+
+/// The creation journal of this run: the task's, or (reconcile --fix, no task) a run of its own.
+fn journal_for(progress: &dyn Progress, services: &Services, kind: Kind, slug: &str) -> Journal {
+    let (id, fence) = match progress.context() {
+        Some(ctx) => (ctx.task().id.clone(), attempt_fence(ctx)),
+        None => (format!("reconcile-{}", uuid::Uuid::new_v4()), 0),
+    };
+    Journal::new(services.redis.clone(), &id, fence, kind, slug)
+}
+
+/// Refuses a lifecycle task on a tenant another user owns. The platform (no `user_id`: the CLI,
+/// `reconcile --fix`) may run any tenant's lifecycle.
+fn check_owner(
+    progress: &dyn Progress,
+    claim: Option<ownership::Tenant>,
+    action: &str,
+) -> Result<(), TaskError> {
+    let principal = progress
+        .context()
+        .map(|ctx| ownership::principal(ctx.task()))
+        .unwrap_or_default();
+    match claim {
+        Some(tenant) if !principal.is_empty() && tenant.owner != principal => {
+            Err(TaskError::Invalid(format!(
+                "refused: {} {} belongs to {}; {action} from user {principal:?} is refused",
+                tenant.kind.as_str(),
+                tenant.slug,
+                if tenant.owner.is_empty() {
+                    "the platform".to_string()
+                } else {
+                    format!("user {:?}", tenant.owner)
+                },
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses `slug` when the other kind of tenant has it (claimed, or recorded before claims
+/// existed). Returns this kind's claim, if any.
+async fn check_kind(
+    services: &Services,
+    kind: Kind,
+    slug: &str,
+) -> Result<Option<ownership::Tenant>, TaskError> {
+    let claim = ownership::lookup(&services.redis, slug).await?;
+    if let Some(tenant) = &claim
+        && tenant.kind != kind
+    {
+        return Err(ownership::kind_conflict(kind, slug, tenant.kind.as_str()));
+    }
+    let other = match kind {
+        Kind::Team => Kind::Sandbox,
+        Kind::Sandbox => Kind::Team,
+    };
+    if claim.is_none() && !read_record(services, other, slug).await?.is_empty() {
+        return Err(ownership::kind_conflict(kind, slug, other.as_str()));
+    }
+    Ok(claim)
 }
 
 /// Options of a provision.
@@ -218,8 +279,27 @@ pub async fn provision(
         .await?;
     check_slug(slug)?;
     let config = &services.config;
+    validate::tenant_names(slug, &config.platform.domain)?;
     let rendered = templates::render(config, kind, slug)
         .map_err(|e| TaskError::Invalid(format!("template: {e}")))?;
+    check_owner(
+        progress,
+        check_kind(services, kind, slug).await?,
+        "provision",
+    )?;
+    let journal = journal_for(progress, services, kind, slug);
+    // An earlier attempt of this task was killed (or lost the engine) while rolling back: finish
+    // that first, then provision afresh.
+    if journal.rolling_back().await? {
+        progress
+            .note("Finishing the rollback an earlier attempt started")
+            .await?;
+        journal.rollback(engine, services).await.map_err(|e| {
+            TaskError::Retryable(format!("rollback of an earlier attempt incomplete: {e}"))
+        })?;
+    }
+    // Read after that rollback, which may have released a claim an earlier attempt made.
+    let claim = check_kind(services, kind, slug).await?;
     let prior = read_record(services, kind, slug).await?;
     let prior_live = matches!(
         prior.get("status").map(String::as_str),
@@ -236,21 +316,40 @@ pub async fn provision(
     )
     .await?;
 
-    let mut undo = Undo::default();
+    let fresh = Fresh {
+        claimed: claim.is_some(),
+        recorded: !prior.is_empty(),
+    };
     let outcome = converge(
-        engine, services, progress, &rendered, options, prior_live, &mut undo,
+        engine, services, progress, &rendered, options, fresh, &journal,
     )
     .await;
     match outcome {
-        Ok(result) => Ok(result),
+        Ok(result) => {
+            // Everything of the tenant that exists now is the tenant's: no journal may remove it.
+            journal.finish().await?;
+            journal.settle_tenant().await?;
+            Ok(result)
+        }
         Err(error) => {
             let message = error.to_string();
-            let rollback = rollback(engine, services, &rendered, &undo).await;
+            let rollback = journal.rollback(engine, services).await;
+            let incomplete = rollback.is_err();
             let message = match rollback {
-                Ok(()) => message,
-                Err(e) => format!("{message}; rollback incomplete: {e}"),
+                Ok(_) => message,
+                Err(e) => format!(
+                    "{message}; rollback incomplete (finished by the next attempt or \
+                     `orchestrator reconcile --fix`): {e}"
+                ),
             };
-            if prior_live {
+            // Keep the record while anything of the tenant is left: an unrecorded tenant's
+            // containers are what `reconcile --fix` removes.
+            let remaining = engine
+                .owned_containers(Some((kind, slug)))
+                .await
+                .map(|c| !c.is_empty())
+                .unwrap_or(true);
+            if prior_live || !prior.is_empty() || remaining {
                 let _ = write_record(
                     services,
                     kind,
@@ -272,8 +371,10 @@ pub async fn provision(
             )
             .await;
             Err(match error {
-                TaskError::Invalid(_) => TaskError::Invalid(message),
                 TaskError::Cancelled(_) => TaskError::Cancelled(message),
+                // The next attempt finishes the rollback first.
+                _ if incomplete => TaskError::Retryable(message),
+                TaskError::Invalid(_) => TaskError::Invalid(message),
                 TaskError::Retryable(_) => TaskError::Retryable(message),
                 TaskError::Failed(_) => TaskError::Failed(message),
             })
@@ -285,26 +386,80 @@ fn host(config: &Config, slug: &str) -> String {
     format!("{slug}.{}", config.platform.domain.trim_end_matches('.'))
 }
 
+/// What the tenant was before this run.
+#[derive(Debug, Clone, Copy)]
+struct Fresh {
+    /// `tenant:<slug>` existed (for this kind).
+    claimed: bool,
+    /// `<kind>:<slug>` existed.
+    recorded: bool,
+}
+
+/// Claims the tenant's name space if nobody has (journaled, so a rolled-back first provision
+/// releases it); a brand-new tenant takes over records squatted in its space.
+async fn claim_space(
+    services: &Services,
+    progress: &dyn Progress,
+    rendered: &Rendered,
+    fresh: Fresh,
+    journal: &Journal,
+) -> Result<(), TaskError> {
+    if fresh.claimed {
+        return Ok(());
+    }
+    let slug = rendered.slug.as_str();
+    let owner = progress
+        .context()
+        .map(|ctx| ownership::principal(ctx.task()).to_string())
+        .unwrap_or_default();
+    journal.record(EntryKind::Claim, slug).await?;
+    let created = ownership::claim(
+        &services.redis,
+        rendered.kind,
+        slug,
+        &owner,
+        journal.task_id(),
+    )
+    .await?;
+    if created && !fresh.recorded {
+        let line = services.names.clear_space(slug).await?;
+        if !line.is_empty() {
+            progress.note(&line).await?;
+        }
+        let name = rendered.kind.prefix(slug);
+        if services.certificates.has_certificate(&name).await? {
+            let line = services.certificates.remove_certificate(&name).await?;
+            progress
+                .note(&format!("{line} (issued before the tenant existed)"))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 async fn converge(
     engine: &Engine,
     services: &Services,
     progress: &dyn Progress,
     rendered: &Rendered,
     options: &ProvisionOptions,
-    prior_live: bool,
-    undo: &mut Undo,
+    fresh: Fresh,
+    journal: &Journal,
 ) -> Result<Value, TaskError> {
     let config = &services.config;
     let kind = rendered.kind;
     let slug = rendered.slug.as_str();
-    let adopt = !prior_live;
     let mut changed = false;
 
     progress
         .step(&format!("Ensuring network {}", rendered.network))
         .await?;
+    claim_space(services, progress, rendered, fresh, journal).await?;
+    let creation = journal.creation_labels();
     let labels = if rendered.own_network {
-        rendered.ownership_labels()
+        let mut l = rendered.ownership_labels();
+        l.extend(creation.clone());
+        l
     } else {
         let mut l = BTreeMap::new();
         l.insert(
@@ -313,11 +468,13 @@ async fn converge(
         );
         l
     };
-    let created = engine.ensure_network(&rendered.network, &labels).await?;
-    changed |= created;
-    if rendered.own_network && (created || adopt) {
-        undo.network = Some(rendered.network.clone());
+    // Journaled before it is created; the shared network is never this task's.
+    if rendered.own_network && engine.find_network(&rendered.network).await?.is_none() {
+        journal
+            .record(EntryKind::Network, &rendered.network)
+            .await?;
     }
+    changed |= engine.ensure_network(&rendered.network, &labels).await?;
     let ingress = config.docker.ingress_container.as_str();
     if !ingress.is_empty() {
         changed |= engine
@@ -341,13 +498,14 @@ async fn converge(
 
     progress.step("Creating data volume").await?;
     for volume in &rendered.volumes {
-        let created = engine
-            .ensure_volume(volume, &rendered.ownership_labels())
-            .await?;
-        changed |= created;
-        if created || adopt {
-            undo.volumes.push(volume.clone());
+        // A volume that exists (a live team's, or one kept by `delete` without purge_data) is
+        // adopted, never journaled: no rollback can remove it.
+        if !engine.volume_exists(volume).await? {
+            journal.record(EntryKind::Volume, volume).await?;
         }
+        let mut labels = rendered.ownership_labels();
+        labels.extend(creation.clone());
+        changed |= engine.ensure_volume(volume, &labels).await?;
     }
 
     progress.step("Creating containers").await?;
@@ -357,9 +515,6 @@ async fn converge(
         let found = existing.iter().find(|c| c.name == spec.name);
         let id = match found {
             Some(c) if c.template_hash == rendered.hash => {
-                if adopt {
-                    undo.containers.push((c.id.clone(), c.name.clone()));
-                }
                 if c.state != "running" {
                     engine.start(&c.id, &c.name).await?;
                     changed = true;
@@ -379,8 +534,10 @@ async fn converge(
                     // A container of this name without our label is a conflict; say so clearly.
                     engine.container_state(&spec.name).await?;
                 }
-                let id = engine.create_container(rendered, spec).await?;
-                undo.containers.push((id.clone(), spec.name.clone()));
+                journal.record(EntryKind::Container, &spec.name).await?;
+                let id = engine
+                    .create_container_labelled(rendered, spec, &creation)
+                    .await?;
                 engine.start(&id, &spec.name).await?;
                 changed = true;
                 id
@@ -406,10 +563,10 @@ async fn converge(
         .await?;
 
     progress.step("Registering DNS name").await?;
-    let line = services.names.add_name(slug).await?;
-    if !prior_live {
-        undo.dns = true;
+    if !services.names.has_name(slug).await? {
+        journal.record(EntryKind::Dns, slug).await?;
     }
+    let line = services.names.add_name(slug).await?;
     progress.note(&line).await?;
 
     let mut certificate = Value::Null;
@@ -417,6 +574,9 @@ async fn converge(
         progress.step("Obtaining certificate").await?;
         if let Some(ctx) = progress.context() {
             let name = kind.prefix(slug);
+            if !services.certificates.has_certificate(&name).await? {
+                journal.record(EntryKind::Certificate, &name).await?;
+            }
             certificate = services
                 .certificates
                 .ensure_certificate(ctx, &name, &[host(config, slug)])
@@ -475,64 +635,6 @@ async fn converge(
     Ok(result)
 }
 
-/// Removes what `undo` lists, in reverse order of creation. Runs to the end and reports the first
-/// error (a cancelled task must still clean up, so this never checks for cancellation).
-async fn rollback(
-    engine: &Engine,
-    services: &Services,
-    rendered: &Rendered,
-    undo: &Undo,
-) -> Result<(), String> {
-    let mut first_error: Option<String> = None;
-    let mut keep = |r: Result<(), String>| {
-        if let Err(e) = r
-            && first_error.is_none()
-        {
-            first_error = Some(e);
-        }
-    };
-    if undo.dns {
-        keep(
-            services
-                .names
-                .remove_name(&rendered.slug)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-        );
-    }
-    for (id, name) in undo.containers.iter().rev() {
-        keep(
-            engine
-                .remove_container(id, name)
-                .await
-                .map_err(|e| e.to_string()),
-        );
-    }
-    for volume in &undo.volumes {
-        keep(
-            engine
-                .remove_volume(volume)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-        );
-    }
-    if let Some(network) = &undo.network {
-        keep(
-            engine
-                .remove_network(network, &services.config.docker.ingress_container)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-        );
-    }
-    match first_error {
-        None => Ok(()),
-        Some(e) => Err(e),
-    }
-}
-
 /// Steps [`delete`] reports.
 pub fn delete_steps(purge: bool) -> u32 {
     5 + u32::from(purge)
@@ -554,6 +656,9 @@ pub async fn delete(
         .await?;
     check_slug(slug)?;
     let config = &services.config;
+    // A sandbox.delete must never remove a team's name (or the other way round), nor a user
+    // another user's tenant.
+    check_owner(progress, check_kind(services, kind, slug).await?, "delete")?;
     let containers = engine.owned_containers(Some((kind, slug))).await?;
     for c in &containers {
         engine.remove_container(&c.id, &c.name).await?;
@@ -578,21 +683,34 @@ pub async fn delete(
         .await?;
     progress.note(&line).await?;
     let mut volumes_removed = Vec::new();
+    // Volumes are named by the template; read it when it renders, else the default name.
+    let volumes = match templates::render(config, kind, slug) {
+        Ok(r) => r.volumes,
+        Err(_) => vec![format!("{}-data", kind.prefix(slug))],
+    };
     if purge_data {
         progress.step("Removing data volume").await?;
-        // Volumes are named by the template; read it when it renders, else the default name.
-        let volumes = match templates::render(config, kind, slug) {
-            Ok(r) => r.volumes,
-            Err(_) => vec![format!("{}-data", kind.prefix(slug))],
-        };
-        for v in volumes {
-            if engine.remove_volume(&v).await? {
-                volumes_removed.push(v);
+        for v in &volumes {
+            if engine.remove_volume(v).await? {
+                volumes_removed.push(v.clone());
             }
         }
     }
+    let mut data_kept = false;
+    for v in &volumes {
+        data_kept |= engine.volume_exists(v).await?;
+    }
     progress.step("Recording state").await?;
     delete_record(services, kind, slug).await?;
+    // While its data volume is kept, the slug stays its owner's: nobody else can provision it
+    // (and so adopt the data) or set names in its space. Purging the data releases it.
+    if !data_kept {
+        ownership::forget(&services.redis, kind, slug).await?;
+    }
+    // Leftover journals of earlier failed tasks of this tenant have nothing left to remove.
+    journal_for(progress, services, kind, slug)
+        .settle_tenant()
+        .await?;
     let removed: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
     let metadata = json!({
         "subdomain": host(config, slug),
@@ -645,6 +763,11 @@ pub async fn lifecycle(
         .step(&format!("{verb} containers of {} {slug}", kind.as_str()))
         .await?;
     check_slug(slug)?;
+    check_owner(
+        progress,
+        check_kind(services, kind, slug).await?,
+        verb.to_lowercase().as_str(),
+    )?;
     let containers = engine.owned_containers(Some((kind, slug))).await?;
     if containers.is_empty() {
         return Err(TaskError::Failed(format!(

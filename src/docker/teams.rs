@@ -191,12 +191,48 @@ pub async fn reconcile(
     services: &Services,
     fix: bool,
 ) -> Result<Report, TaskError> {
-    let rows = list(engine, services).await?;
     let mut report = Report {
-        checked: rows.len(),
+        checked: 0,
         drift: Vec::new(),
         fix,
     };
+    // Creation journals of tasks that ended without finishing their rollback (engine lost,
+    // dead-lettered): finished first, so what they created goes before the tenants are compared.
+    for pending in super::journal::abandoned(services).await? {
+        let Some(kind) = pending.kind else { continue };
+        let mut drift = Drift {
+            kind,
+            slug: pending.slug.clone(),
+            problem: format!(
+                "task {} ended leaving a creation journal{}",
+                pending.task_id,
+                if pending.rolling_back {
+                    " (rollback incomplete)"
+                } else {
+                    ""
+                }
+            ),
+            action: "finish its rollback".into(),
+            fixed: false,
+            error: None,
+        };
+        if fix {
+            let journal = super::journal::Journal::new(
+                services.redis.clone(),
+                &pending.task_id,
+                0,
+                kind,
+                &pending.slug,
+            );
+            match journal.rollback(engine, services).await {
+                Ok(_) => drift.fixed = true,
+                Err(e) => drift.error = Some(e),
+            }
+        }
+        report.drift.push(drift);
+    }
+    let rows = list(engine, services).await?;
+    report.checked = rows.len();
     for row in rows {
         let (problem, action) = match row.status.as_str() {
             "unrecorded" => (

@@ -1,6 +1,7 @@
 //! `certificate.*` tasks: `certificate.issue {domains, challenge?, name?, force?}`,
 //! `certificate.renew {name, if_due?}` and `certificate.revoke {name, reason?}`, all run by the
-//! [`Acme`] service (see `crate::acme`). Each locks `certificate:<name>`, so two tasks never change one
+//! [`Acme`] service (see `crate::acme`), after checking that the task's user owns the names
+//! ([`crate::ownership`]). Each locks `certificate:<name>`, so two tasks never change one
 //! certificate at once.
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use super::{Handler, Registry};
 use crate::acme::issue::{ISSUE_STEPS, Report};
 use crate::acme::{Acme, ChallengeKind};
 use crate::context::TaskContext;
+use crate::ownership;
 use crate::services::Services;
 use crate::task::{Task, TaskError};
 
@@ -83,6 +85,14 @@ impl Handler for Issue {
         let request = self
             .0
             .request(args.name.as_deref(), &args.domains, args.challenge)?;
+        ownership::check_certificate(
+            &ctx.services().redis,
+            ownership::principal(ctx.task()),
+            &self.0.zone(),
+            Some(&request.name),
+            &request.domains,
+        )
+        .await?;
         if !args.force
             && let Some(record) = self.0.reusable(&request).await?
             && record.domains == request.domains
@@ -125,6 +135,11 @@ impl Handler for Renew {
 
     async fn run(&self, ctx: &TaskContext) -> Result<Value, TaskError> {
         let args: RenewArgs = ctx.payload()?;
+        let principal = ownership::principal(ctx.task());
+        // The renewal scheduler (no user_id) renews every stored certificate; users only theirs.
+        if !principal.is_empty() {
+            check_stored(&self.0, ctx, &args.name).await?;
+        }
         self.0.renew(ctx, &args.name, args.if_due).await
     }
 }
@@ -156,6 +171,22 @@ fn reason(value: Option<&str>) -> Result<Option<RevocationReason>, TaskError> {
     })
 }
 
+/// Refuses a task on a stored certificate whose names its principal does not own.
+async fn check_stored(acme: &Acme, ctx: &TaskContext, name: &str) -> Result<(), TaskError> {
+    let Some(record) = acme.store().get(name).await? else {
+        // Nothing stored: the operation itself says so.
+        return Ok(());
+    };
+    ownership::check_certificate(
+        &ctx.services().redis,
+        ownership::principal(ctx.task()),
+        &acme.zone(),
+        None,
+        &record.domains,
+    )
+    .await
+}
+
 /// `certificate.revoke`.
 struct Revoke(Arc<Acme>);
 
@@ -172,6 +203,7 @@ impl Handler for Revoke {
     async fn run(&self, ctx: &TaskContext) -> Result<Value, TaskError> {
         let args: RevokeArgs = ctx.payload()?;
         let reason = reason(args.reason.as_deref())?;
+        check_stored(&self.0, ctx, &args.name).await?;
         self.0.revoke(ctx, &args.name, reason).await
     }
 }

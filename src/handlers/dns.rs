@@ -2,7 +2,9 @@
 //! zone; `dns.record.delete` removes it. Both change the Redis state atomically (see
 //! [`crate::dns::store`]), then rewrite this host's zone file; every other worker and every embedded
 //! server hears the change over pub/sub. Both are idempotent: the same task twice leaves the same
-//! zone and the same serial.
+//! zone and the same serial. Both first check who owns the name ([`crate::ownership`]): a tenant's
+//! records change only for its owner; `_acme-challenge` and the platform names never; CNAME loops
+//! are refused.
 
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use serde_json::{Value, json};
 use super::{Handler, Registry};
 use crate::context::TaskContext;
 use crate::dns::{RecordKind, RecordSet, WriteOutcome, ZoneStore};
+use crate::ownership;
 use crate::services::Services;
 use crate::task::{Task, TaskError};
 
@@ -79,8 +82,20 @@ impl Handler for Upsert {
         let kind = RecordKind::parse(&args.kind)?;
         let store = store(ctx)?;
         let set = RecordSet::new(store.origin(), &args.name, kind, args.ttl, &values)?;
-        let change = store.upsert(&set).await?;
         let fqdn = fqdn(&set.owner, store.origin());
+        let services = ctx.services();
+        ownership::check_record(
+            &services.redis,
+            ownership::principal(ctx.task()),
+            &set.owner,
+            &fqdn,
+            Some(kind),
+        )
+        .await?;
+        if kind == RecordKind::Cname {
+            check_cname_loop(&store, &set).await?;
+        }
+        let change = store.upsert(&set).await?;
         ctx.step(if change.changed {
             format!("{fqdn} {kind} set (serial {})", change.serial)
         } else {
@@ -121,8 +136,16 @@ impl Handler for Delete {
         let kind = args.kind.as_deref().map(RecordKind::parse).transpose()?;
         let store = store(ctx)?;
         let owner = crate::dns::records::owner(store.origin(), &args.name)?;
-        let change = store.delete(&owner, kind).await?;
         let fqdn = fqdn(&owner, store.origin());
+        ownership::check_record(
+            &ctx.services().redis,
+            ownership::principal(ctx.task()),
+            &owner,
+            &fqdn,
+            kind,
+        )
+        .await?;
+        let change = store.delete(&owner, kind).await?;
         let what = kind.map_or("all types".to_string(), |k| k.to_string());
         ctx.step(if change.changed {
             format!("{fqdn} {what} removed (serial {})", change.serial)
@@ -138,6 +161,43 @@ impl Handler for Delete {
             "serial": change.serial,
         }))
     }
+}
+
+/// Longest CNAME chain followed inside the zone when looking for a loop.
+const MAX_CHAIN: usize = 16;
+
+/// Refuses a CNAME that points at itself or closes a loop through the zone's other CNAMEs
+/// (`a → b → a`): resolvers would chase it until they give up.
+async fn check_cname_loop(store: &ZoneStore, set: &RecordSet) -> Result<(), TaskError> {
+    let zone = store.snapshot().await?;
+    let origin = store.origin();
+    let relative = |target: &str| -> Option<String> {
+        crate::dns::records::owner(origin, target)
+            .ok()
+            .filter(|_| target == origin || target.ends_with(&format!(".{origin}")))
+    };
+    let mut chain = vec![fqdn(&set.owner, origin)];
+    let mut next = set.values.first().cloned().unwrap_or_default();
+    for _ in 0..MAX_CHAIN {
+        let Some(owner) = relative(&next) else {
+            return Ok(());
+        };
+        chain.push(fqdn(&owner, origin));
+        if owner == set.owner {
+            return Err(TaskError::Invalid(format!(
+                "refused: CNAME loop {}",
+                chain.join(" -> ")
+            )));
+        }
+        match zone.get(&owner, RecordKind::Cname) {
+            Some(target) => next = target.values.first().cloned().unwrap_or_default(),
+            None => return Ok(()),
+        }
+    }
+    Err(TaskError::Invalid(format!(
+        "refused: CNAME chain longer than {MAX_CHAIN}: {}",
+        chain.join(" -> ")
+    )))
 }
 
 /// `owner` (relative, `@` for the apex) fully qualified.
