@@ -123,6 +123,24 @@ pub async fn start_worker(config: Arc<Config>) -> Result<RunningWorker, StartErr
             source,
         })?;
     }
+    // The ingress stays attached to every tenant network (docker::ingress), per-team networks only.
+    if config.docker.network_mode != "shared" {
+        let (docker_config, token) = (config.docker.clone(), shutdown.token());
+        tokio::spawn(async move {
+            match crate::docker::Engine::connect(&docker_config).await {
+                Ok(engine) => {
+                    crate::docker::ingress::run(engine, docker_config.ingress_container, token)
+                        .await
+                }
+                Err(err) => tracing::warn!(error = %err, "not following the ingress: no engine"),
+            }
+        });
+    }
+    // Certificate folders are removed after Traefik's reload grace (acme::storage).
+    tokio::spawn(acme::storage::run_sweeper(
+        acme::storage::CertStore::new(&config.acme, services.redis.clone()),
+        shutdown.token(),
+    ));
     if config.worker.renewal_scheduler {
         tokio::spawn(acme::renewal::run(services.clone(), shutdown.token()));
     }

@@ -396,7 +396,17 @@ async fn a_team_goes_from_provision_to_delete_through_the_queue() {
     );
     assert_eq!(last["metadata"]["network_removed"], true);
     // The certificate is no longer stored, served, or known to Redis.
-    assert!(!stack.certs_dir().join(&cert_name).exists());
+    // Its folder goes once Traefik's reload grace has passed (one second in this stack).
+    let folder = stack.certs_dir().join(&cert_name);
+    common::eventually(
+        "the certificate folder to be removed after the grace",
+        Duration::from_secs(10),
+        || {
+            let gone = !folder.exists();
+            async move { gone.then_some(()) }
+        },
+    )
+    .await;
     let listed = traefik_cert_files(&stack);
     assert!(
         !listed.iter().any(|f| f.contains(&cert_name)),

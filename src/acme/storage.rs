@@ -11,6 +11,13 @@
 //!   rebuilt from Redis on each change so that any worker rewriting it converges to the same content.
 //!
 //! Every file is written to a temporary name in its folder, synced, then renamed over the old one.
+//!
+//! Files are never removed while a document Traefik may still read names them: Traefik reloads the
+//! file provider after a throttle, so a reload can read the previous document after the new one is in
+//! place. A folder to remove (an old serial, a deleted or revoked certificate) is recorded in
+//! `certs:removals` with a due time `CERT_REMOVAL_GRACE_S` after the document without it was written;
+//! [`CertStore::sweep`] (run periodically by every worker) removes due folders that no valid
+//! certificate references any more.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -190,6 +197,8 @@ pub struct CertStore {
     /// `certs_dir` as Traefik sees it.
     traefik_certs_dir: PathBuf,
     redis: deadpool_redis::Pool,
+    /// How long a folder stays after the document stopped naming it.
+    removal_grace: std::time::Duration,
 }
 
 impl CertStore {
@@ -203,6 +212,7 @@ impl CertStore {
             certs_dir,
             traefik_certs_dir,
             redis,
+            removal_grace: std::time::Duration::from_secs(config.cert_removal_grace_s),
         }
     }
 
@@ -253,7 +263,9 @@ impl CertStore {
         };
         self.put(&record).await?;
         self.write_traefik_doc().await?;
-        prune_versions(&dir, &leaf.serial);
+        for old in other_versions(&dir, &leaf.serial) {
+            self.schedule_removal(&format!("{name}/{old}")).await?;
+        }
         Ok(record)
     }
 
@@ -315,12 +327,7 @@ impl CertStore {
         record.updated_at = crate::progress::now();
         self.put(&record).await?;
         self.write_traefik_doc().await?;
-        let dir = self.certs_dir.join(name);
-        if let Err(e) = std::fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(AcmeError::file(&dir, e).into());
-        }
+        self.schedule_removal(name).await?;
         Ok(Some(record))
     }
 
@@ -339,15 +346,75 @@ impl CertStore {
                 .query_async(&mut *conn)
                 .await?;
         }
-        // Traefik stops being pointed at the files before they disappear.
+        // Traefik stops being pointed at the files before they disappear, and they disappear only
+        // after its reload had time to read the new document (see the module comment).
         self.write_traefik_doc().await?;
-        let dir = self.certs_dir.join(name);
-        if let Err(e) = std::fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(AcmeError::file(&dir, e).into());
-        }
+        self.schedule_removal(name).await?;
         Ok(record)
+    }
+
+    /// Records `relative` (`<name>` or `<name>/<serial>`, under `certs_dir`) for removal once the
+    /// grace has passed; with no grace, sweeps at once.
+    async fn schedule_removal(&self, relative: &str) -> Result<(), TaskError> {
+        let due = Utc::now().timestamp() as f64 + self.removal_grace.as_secs_f64();
+        {
+            let mut conn = self.redis.get().await?;
+            let _: () = conn
+                .zadd(keys::CERTIFICATE_REMOVALS, relative, due)
+                .await?;
+        }
+        if self.removal_grace.is_zero() {
+            self.sweep().await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the recorded folders whose grace has passed and that no valid certificate references
+    /// (a name issued again meanwhile keeps its folder; only its other serials go). Returns how many
+    /// folders were removed.
+    pub async fn sweep(&self) -> Result<usize, TaskError> {
+        let now = Utc::now().timestamp() as f64;
+        let due: Vec<String> = {
+            let mut conn = self.redis.get().await?;
+            conn.zrangebyscore(keys::CERTIFICATE_REMOVALS, f64::NEG_INFINITY, now)
+                .await?
+        };
+        let mut removed = 0;
+        for relative in due {
+            let mut parts = relative.split('/');
+            let (Some(name), serial, None) = (parts.next(), parts.next(), parts.next()) else {
+                self.forget_removal(&relative).await?;
+                continue;
+            };
+            // Only names this store writes (a DNS label, a hex serial): never `..` or another path.
+            let safe = crate::validate::slug(name).is_ok()
+                && name != TRAEFIK_DIR
+                && serial.is_none_or(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !safe {
+                self.forget_removal(&relative).await?;
+                continue;
+            }
+            let referenced = match self.get(name).await? {
+                Some(r) if r.status == STATUS_VALID => serial.is_none_or(|s| s == r.serial),
+                _ => false,
+            };
+            if !referenced {
+                let path = self.certs_dir.join(&relative);
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(AcmeError::file(&path, e).into()),
+                }
+            }
+            self.forget_removal(&relative).await?;
+        }
+        Ok(removed)
+    }
+
+    async fn forget_removal(&self, relative: &str) -> Result<(), TaskError> {
+        let mut conn = self.redis.get().await?;
+        let _: () = conn.zrem(keys::CERTIFICATE_REMOVALS, relative).await?;
+        Ok(())
     }
 
     /// Rebuilds Traefik's document from every valid stored certificate whose files exist.
@@ -396,20 +463,29 @@ impl CertStore {
     }
 }
 
-/// Removes version folders of a certificate other than `keep` (after Traefik moved on).
-fn prune_versions(dir: &Path, keep: &str) {
+/// Version folders (serials) of a certificate other than `keep`.
+fn other_versions(dir: &Path, keep: &str) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return Vec::new();
     };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let is_version = path.is_dir()
-            && entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n != keep && n.bytes().all(|b| b.is_ascii_hexdigit()));
-        if is_version {
-            let _ = std::fs::remove_dir_all(&path);
+    entries
+        .flatten()
+        .filter(|entry| entry.path().is_dir())
+        .filter_map(|entry| entry.file_name().to_str().map(str::to_string))
+        .filter(|n| n != keep && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect()
+}
+
+/// Sweeps due certificate folders every second until `stop` fires (every worker runs one; they
+/// race harmlessly, a folder already gone is fine).
+pub async fn run_sweeper(store: CertStore, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        if let Err(err) = store.sweep().await {
+            tracing::warn!(error = %err, "sweeping removed certificate folders failed; will retry");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
     }
 }

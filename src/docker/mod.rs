@@ -8,6 +8,7 @@
 //! repair views (`teams`, `reconcile`, `plan`) in [`teams`].
 
 pub mod containers;
+pub mod ingress;
 pub mod networks;
 pub mod provision;
 pub mod teams;

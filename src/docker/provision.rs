@@ -318,12 +318,9 @@ async fn converge(
     if rendered.own_network && (created || adopt) {
         undo.network = Some(rendered.network.clone());
     }
-    let ingress = config.docker.ingress_container.as_str();
-    if !ingress.is_empty() {
-        changed |= engine
-            .connect_to_network(&rendered.network, ingress)
-            .await?;
-    }
+    changed |= engine
+        .attach_ingress(&rendered.network, &config.docker.ingress_container)
+        .await?;
 
     progress.step("Checking images").await?;
     let mut images: Vec<&str> = rendered

@@ -197,6 +197,34 @@ pub async fn reconcile(
         drift: Vec::new(),
         fix,
     };
+    // The ingress must be on every tenant network (a recreated Traefik container is not).
+    let ingress = &services.config.docker.ingress_container;
+    for (container, network) in engine.ingress_drift(ingress).await? {
+        let (kind, slug) = [Kind::Team, Kind::Sandbox]
+            .into_iter()
+            .find_map(|k| {
+                let slug = network
+                    .strip_prefix(&format!("{}-", k.as_str()))?
+                    .strip_suffix("-net")?;
+                Some((k, slug.to_string()))
+            })
+            .unwrap_or((Kind::Team, network.clone()));
+        let mut drift = Drift {
+            kind,
+            slug,
+            problem: format!("ingress {container} is not attached to network {network}"),
+            action: "attach it".into(),
+            fixed: false,
+            error: None,
+        };
+        if fix {
+            match engine.connect_to_network(&network, &container).await {
+                Ok(_) => drift.fixed = true,
+                Err(e) => drift.error = Some(e.to_string()),
+            }
+        }
+        report.drift.push(drift);
+    }
     for row in rows {
         let (problem, action) = match row.status.as_str() {
             "unrecorded" => (

@@ -88,6 +88,8 @@ impl Stack {
             "false",
             "--health-timeout-s",
             "60",
+            "--cert-removal-grace-s",
+            "1",
         ]
         .iter()
         .map(|s| s.to_string())
