@@ -393,7 +393,16 @@ fn compose_wires_the_stack() {
 
     // traefik: v3, the ingress container name the orchestrator uses, ping healthcheck.
     let image = traefik["image"].as_str().unwrap();
-    assert!(image.starts_with("traefik:v3"), "{image}");
+    assert!(
+        image.starts_with("${TRAEFIK_IMAGE:-traefik:v3"),
+        "{image}"
+    );
+    // Found by label as well as by name (a recreated container keeps it).
+    assert!(
+        format!("{:?}", traefik["labels"]).contains("orchestrator.role=ingress"),
+        "{:?}",
+        traefik["labels"]
+    );
     assert_eq!(
         traefik["container_name"].as_str(),
         Some(env_of(orch, "INGRESS_CONTAINER"))
@@ -464,19 +473,25 @@ fn compose_wires_the_stack() {
         "the non-root worker needs the socket's group"
     );
 
-    // Traefik sees the certificates at the same path, read-only, and watches CERTS_DIR/traefik.
+    // Traefik sees the certificates volume read-only at TRAEFIK_CERTS_DIR, inside the file provider's
+    // folder next to the platform's dynamic files; no mount point lies inside a read-only mount (so it
+    // starts from an empty volume: tests/traefik.rs runs it).
     let tm = mounts(traefik);
+    let seen = env_of(orch, "TRAEFIK_CERTS_DIR");
     assert!(
         tm.iter()
-            .any(|(s, t, ro)| s == &certs_vol.0 && t == certs_dir && *ro),
-        "traefik must mount volume {} at {certs_dir} read-only: {tm:?}",
+            .any(|(s, t, ro)| s == &certs_vol.0 && t == seen && *ro),
+        "traefik must mount volume {} at {seen} read-only: {tm:?}",
         certs_vol.0
     );
     let static_cfg = yaml(&read("traefik/traefik.yml"), "traefik/traefik.yml");
-    assert_eq!(
-        static_cfg["providers"]["file"]["directory"].as_str(),
-        Some(format!("{certs_dir}/traefik").as_str()),
-        "the file provider must watch the folder the orchestrator writes certificates.yml to"
+    let watched = static_cfg["providers"]["file"]["directory"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        seen.starts_with(&format!("{watched}/")),
+        "the file provider ({watched}) must load the folder the orchestrator writes certificates.yml to ({seen})"
     );
     assert!(
         tm.iter().any(|(s, t, ro)| s == "./traefik/traefik.yml"
@@ -486,9 +501,22 @@ fn compose_wires_the_stack() {
     );
     assert!(
         tm.iter()
-            .any(|(s, t, _)| s == "./traefik/dynamic"
-                && t.starts_with(&format!("{certs_dir}/traefik/"))),
+            .any(|(s, t, _)| s == "./traefik/dynamic" && t.starts_with(&format!("{watched}/"))),
         "traefik/dynamic must be a sub-folder of the watched folder: {tm:?}"
+    );
+    for (_, outer, ro) in &tm {
+        for (_, inner, _) in &tm {
+            assert!(
+                !(*ro && inner.starts_with(&format!("{outer}/"))),
+                "{inner} is mounted inside the read-only mount {outer}: it cannot be created in an empty volume"
+            );
+        }
+    }
+    // One CA for both issuers: Traefik's resolver and the orchestrator's default directory.
+    assert_eq!(
+        static_cfg["certificatesResolvers"]["letsencrypt"]["acme"]["caServer"].as_str(),
+        Some(setting_default("ACME_DIRECTORY").as_str()),
+        "Traefik's resolver and ACME_DIRECTORY must name the same CA"
     );
 
     // coredns: the dns profile, folders only, zones where the Corefile reads them.

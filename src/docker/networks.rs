@@ -192,7 +192,12 @@ impl Engine {
 
     /// Names of the ingress containers: the one named `name` (if set and it exists) and every
     /// container labelled `orchestrator.role=ingress`, running or not, sorted.
+    /// `name` empty means no ingress at all (the label is not looked at either): tests and setups
+    /// without an ingress never attach someone else's.
     pub async fn ingress_containers(&self, name: &str) -> Result<Vec<String>, DockerError> {
+        if name.is_empty() {
+            return Ok(Vec::new());
+        }
         let label = format!("{}={}", crate::traefik::LABEL_ROLE, crate::traefik::ROLE_INGRESS);
         let mut filters = HashMap::new();
         filters.insert("label", vec![label.as_str()]);
@@ -209,12 +214,10 @@ impl Engine {
             .filter_map(|c| c.names.and_then(|n| n.into_iter().next()))
             .map(|n| n.trim_start_matches('/').to_string())
             .collect();
-        if !name.is_empty() {
-            match self.client().inspect_container(name, None).await {
-                Ok(_) => names.push(name.to_string()),
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(DockerError::engine(format!("inspecting {name}"), e)),
-            }
+        match self.client().inspect_container(name, None).await {
+            Ok(_) => names.push(name.to_string()),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(DockerError::engine(format!("inspecting {name}"), e)),
         }
         names.sort();
         names.dedup();
