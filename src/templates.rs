@@ -761,16 +761,26 @@ mod tests {
         let mut v = values();
         v.certresolver = String::new();
         v.middlewares = String::new();
-        let r =
-            render_source(Path::new("team.yml"), &team_template(), Kind::Team, &v, true).unwrap();
+        let r = render_source(
+            Path::new("team.yml"),
+            &team_template(),
+            Kind::Team,
+            &v,
+            true,
+        )
+        .unwrap();
         for c in &r.containers {
             assert!(
-                !c.labels.keys().any(|k| k.ends_with(".tls.certresolver")
-                    || k.ends_with(".middlewares")),
+                !c.labels
+                    .keys()
+                    .any(|k| k.ends_with(".tls.certresolver") || k.ends_with(".middlewares")),
                 "{:?}",
                 c.labels
             );
-            assert_eq!(c.labels[&format!("traefik.http.routers.{}.tls", c.name)], "true");
+            assert_eq!(
+                c.labels[&format!("traefik.http.routers.{}.tls", c.name)],
+                "true"
+            );
         }
     }
 

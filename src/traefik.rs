@@ -50,7 +50,10 @@ fn child<'a>(map: &'a mut Mapping, key: &str) -> Option<&'a mut Mapping> {
 }
 
 /// The static configuration `source` with the addresses and paths of `layout`.
-pub fn adapt_static_config(source: &str, layout: &HostLayout) -> Result<String, TraefikConfigError> {
+pub fn adapt_static_config(
+    source: &str,
+    layout: &HostLayout,
+) -> Result<String, TraefikConfigError> {
     let mut doc: Value = serde_yaml_ng::from_str(source)?;
     let root = doc
         .as_mapping_mut()

@@ -393,10 +393,7 @@ fn compose_wires_the_stack() {
 
     // traefik: v3, the ingress container name the orchestrator uses, ping healthcheck.
     let image = traefik["image"].as_str().unwrap();
-    assert!(
-        image.starts_with("${TRAEFIK_IMAGE:-traefik:v3"),
-        "{image}"
-    );
+    assert!(image.starts_with("${TRAEFIK_IMAGE:-traefik:v3"), "{image}");
     // Found by label as well as by name (a recreated container keeps it).
     assert!(
         format!("{:?}", traefik["labels"]).contains("orchestrator.role=ingress"),

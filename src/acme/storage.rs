@@ -359,9 +359,7 @@ impl CertStore {
         let due = Utc::now().timestamp() as f64 + self.removal_grace.as_secs_f64();
         {
             let mut conn = self.redis.get().await?;
-            let _: () = conn
-                .zadd(keys::CERTIFICATE_REMOVALS, relative, due)
-                .await?;
+            let _: () = conn.zadd(keys::CERTIFICATE_REMOVALS, relative, due).await?;
         }
         if self.removal_grace.is_zero() {
             self.sweep().await?;

@@ -51,10 +51,7 @@ pub async fn run(engine: Engine, ingress: String, stop: CancellationToken) {
             };
             match next {
                 Some(Ok(event)) => {
-                    let attributes = event
-                        .actor
-                        .and_then(|a| a.attributes)
-                        .unwrap_or_default();
+                    let attributes = event.actor.and_then(|a| a.attributes).unwrap_or_default();
                     if is_ingress(&attributes, &ingress) {
                         converge(&engine, &ingress).await;
                     }

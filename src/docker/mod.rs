@@ -11,6 +11,7 @@ pub mod containers;
 pub mod ingress;
 pub mod networks;
 pub mod provision;
+pub mod readiness;
 pub mod teams;
 
 use std::collections::HashMap;

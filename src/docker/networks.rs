@@ -198,7 +198,11 @@ impl Engine {
         if name.is_empty() {
             return Ok(Vec::new());
         }
-        let label = format!("{}={}", crate::traefik::LABEL_ROLE, crate::traefik::ROLE_INGRESS);
+        let label = format!(
+            "{}={}",
+            crate::traefik::LABEL_ROLE,
+            crate::traefik::ROLE_INGRESS
+        );
         let mut filters = HashMap::new();
         filters.insert("label", vec![label.as_str()]);
         let options = ListContainersOptionsBuilder::default()
@@ -302,7 +306,8 @@ impl Engine {
                 Ok(true) => connected.push((ingress, network)),
                 Ok(false) => {}
                 // The network went away meanwhile (a team deleted): nothing to attach.
-                Err(DockerError::Engine { .. }) if self.find_network(&network).await?.is_none() => {}
+                Err(DockerError::Engine { .. }) if self.find_network(&network).await?.is_none() => {
+                }
                 Err(e) => return Err(e),
             }
         }

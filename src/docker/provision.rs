@@ -237,7 +237,7 @@ pub async fn provision(
     .await?;
 
     let mut undo = Undo::default();
-    let outcome = converge(
+    let outcome = converge_with_certificate(
         engine, services, progress, &rendered, options, prior_live, &mut undo,
     )
     .await;
@@ -285,6 +285,51 @@ fn host(config: &Config, slug: &str) -> String {
     format!("{slug}.{}", config.platform.domain.trim_end_matches('.'))
 }
 
+/// The certificate order of a provision, started with the containers (it needs none of them: DNS-01
+/// only needs the zone), awaited at the certificate step.
+type CertificateOrder = tokio::sync::oneshot::Receiver<Result<Value, TaskError>>;
+
+/// [`converge`] with the certificate order running alongside; a failure of the containers drops
+/// the order (its drop guards withdraw the challenge records).
+async fn converge_with_certificate(
+    engine: &Engine,
+    services: &Services,
+    progress: &dyn Progress,
+    rendered: &Rendered,
+    options: &ProvisionOptions,
+    prior_live: bool,
+    undo: &mut Undo,
+) -> Result<Value, TaskError> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let config = &services.config;
+    let order = async {
+        let result = match progress.context() {
+            // With CERT_ISSUER=traefik the team routers name Traefik's resolver: one issuer per host.
+            _ if config.platform.traefik_issues() => Ok(json!({
+                "issuer": "traefik",
+                "resolver": config.platform.traefik_certresolver,
+            })),
+            Some(ctx) if options.certificate => {
+                let name = rendered.kind.prefix(&rendered.slug);
+                services
+                    .certificates
+                    .ensure_certificate(ctx, &name, &[host(config, &rendered.slug)])
+                    .await
+            }
+            _ => Ok(Value::Null),
+        };
+        let _ = sender.send(result);
+    };
+    let converge = std::pin::pin!(converge(
+        engine, services, progress, rendered, options, prior_live, undo, receiver
+    ));
+    match futures::future::select(converge, std::pin::pin!(order)).await {
+        futures::future::Either::Left((result, _order)) => result,
+        futures::future::Either::Right(((), converge)) => converge.await,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn converge(
     engine: &Engine,
     services: &Services,
@@ -293,6 +338,7 @@ async fn converge(
     options: &ProvisionOptions,
     prior_live: bool,
     undo: &mut Undo,
+    certificate_order: CertificateOrder,
 ) -> Result<Value, TaskError> {
     let config = &services.config;
     let kind = rendered.kind;
@@ -398,9 +444,7 @@ async fn converge(
         .step("Waiting for containers to become healthy")
         .await?;
     let timeout = Duration::from_secs(config.docker.health_timeout_s.max(1));
-    engine
-        .wait_healthy(&ids, timeout, progress.cancellation())
-        .await?;
+    super::readiness::wait_ready(engine, rendered, &ids, timeout, progress.cancellation()).await?;
 
     progress.step("Registering DNS name").await?;
     let line = services.names.add_name(slug).await?;
@@ -412,16 +456,26 @@ async fn converge(
     let mut certificate = Value::Null;
     if options.certificate {
         progress.step("Obtaining certificate").await?;
-        if let Some(ctx) = progress.context() {
-            let name = kind.prefix(slug);
-            certificate = services
-                .certificates
-                .ensure_certificate(ctx, &name, &[host(config, slug)])
-                .await?;
-        }
+        // Ordered since the start of the run (see `converge_with_certificate`).
+        certificate = certificate_order.await.map_err(|_| {
+            TaskError::Retryable("the certificate order stopped without an outcome".into())
+        })??;
     }
 
     progress.step("Recording state").await?;
+    // "active" means reachable: the team answers through the ingress at its host.
+    if let Some(url) = config.platform.ingress_probe_url.as_deref() {
+        let host = host(config, slug);
+        let took =
+            super::readiness::probe_ingress(url, rendered, &host, timeout, progress.cancellation())
+                .await?;
+        progress
+            .note(&format!(
+                "{host} answers through the ingress ({} ms)",
+                took.as_millis()
+            ))
+            .await?;
+    }
     let container_ids: BTreeMap<String, String> = ids
         .iter()
         .map(|(id, name)| (name.clone(), id.clone()))
