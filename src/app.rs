@@ -136,11 +136,12 @@ pub async fn start_worker(config: Arc<Config>) -> Result<RunningWorker, StartErr
             }
         });
     }
-    // Certificate folders are removed after Traefik's reload grace (acme::storage).
-    tokio::spawn(acme::storage::run_sweeper(
-        acme::storage::CertStore::new(&config.acme, services.redis.clone()),
-        shutdown.token(),
-    ));
+    // Traefik's folder: the platform's dynamic files, then the document (rewritten, so that Traefik,
+    // which watches the top level only, reloads and reads them); certificate folders are removed
+    // after Traefik's reload grace (acme::storage).
+    let store = acme::storage::CertStore::new(&config.acme, services.redis.clone());
+    publish_traefik_files(&config, &store).await;
+    tokio::spawn(acme::storage::run_sweeper(store, shutdown.token()));
     if config.worker.renewal_scheduler {
         tokio::spawn(acme::renewal::run(services.clone(), shutdown.token()));
     }
@@ -152,6 +153,22 @@ pub async fn start_worker(config: Arc<Config>) -> Result<RunningWorker, StartErr
         metrics_addr,
         handle,
     })
+}
+
+/// Publishes `TRAEFIK_DYNAMIC_DIR` into `CERTS_DIR/traefik/` and rewrites the certificates document.
+/// A failure is logged, not fatal: the worker still provisions (Traefik then lacks the middlewares).
+async fn publish_traefik_files(config: &Config, store: &acme::storage::CertStore) {
+    let source = &config.acme.traefik_dynamic_dir;
+    if source.is_empty() {
+        return;
+    }
+    match acme::storage::publish_platform_files(source.as_ref(), &config.acme.certs_dir) {
+        Ok(count) => info!(count, source, "published Traefik's dynamic files"),
+        Err(err) => tracing::error!(error = %err, "publishing Traefik's dynamic files failed"),
+    }
+    if let Err(err) = store.write_traefik_doc().await {
+        tracing::error!(error = %err, "writing Traefik's certificates document failed");
+    }
 }
 
 /// Every worker keeps this host's zone file in step with Redis; with `--embedded-dns` it also serves

@@ -219,6 +219,11 @@ pub struct AcmeConfig {
     #[arg(long, env = "RENEW_CHECK_S", default_value_t = 3600)]
     pub renew_check_s: u64,
 
+    /// Folder of the platform's Traefik dynamic files (middlewares, dashboard router), published into
+    /// `CERTS_DIR/traefik/` at start for Traefik's file provider; empty: publish nothing.
+    #[arg(long, env = "TRAEFIK_DYNAMIC_DIR", default_value = "traefik/dynamic")]
+    pub traefik_dynamic_dir: String,
+
     /// Seconds a certificate file stays on disk after the file-provider document stopped naming it
     /// (Traefik reloads after a throttle and may still read the previous document meanwhile).
     #[arg(long, env = "CERT_REMOVAL_GRACE_S", default_value_t = 10)]

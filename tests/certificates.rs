@@ -205,8 +205,7 @@ impl Env {
 
     /// The Traefik document, parsed.
     fn traefik_doc(&self) -> Value {
-        let text =
-            std::fs::read_to_string(self.certs_dir().join("traefik/certificates.yml")).unwrap();
+        let text = std::fs::read_to_string(self.certs_dir().join("certificates.yml")).unwrap();
         serde_yaml_ng::from_str(&text).unwrap()
     }
 

@@ -120,7 +120,7 @@ fn openssl_verify(root: &std::path::Path, chain: &std::path::Path) -> (bool, Str
 
 /// The `certFile`s Traefik's document lists.
 fn traefik_cert_files(stack: &Stack) -> Vec<String> {
-    let path = stack.certs_dir().join("traefik/certificates.yml");
+    let path = stack.certs_dir().join("certificates.yml");
     let text = std::fs::read_to_string(&path).unwrap_or_default();
     let doc: Value = serde_yaml_ng::from_str(&text).unwrap_or(Value::Null);
     doc["tls"]["certificates"]

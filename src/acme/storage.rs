@@ -7,8 +7,14 @@
 //!   that changes with every issuance. The Traefik document points at these, because Traefik skips a
 //!   configuration identical to the one it runs: with fixed paths a renewal would go unnoticed until
 //!   a restart. The document only ever names complete pairs.
-//! - `traefik/certificates.yml`: `tls.certificates` (certFile/keyFile) of every valid certificate,
-//!   rebuilt from Redis on each change so that any worker rewriting it converges to the same content.
+//! - `certificates.yml`: `tls.certificates` (certFile/keyFile) of every valid certificate, rebuilt
+//!   from Redis on each change so that any worker rewriting it converges to the same content. It sits
+//!   at the top level because Traefik's file provider watches only the top level of its folder (the
+//!   `certs` volume's root, which exists even when the volume is empty); sub-folders are read at each
+//!   reload.
+//! - `traefik/*.yml`: the platform's dynamic files (`TRAEFIK_DYNAMIC_DIR`: middlewares, dashboard
+//!   router), published here by every worker at start ([`publish_platform_files`]) so that Traefik
+//!   needs no mount inside the volume.
 //!
 //! Every file is written to a temporary name in its folder, synced, then renamed over the old one.
 //!
@@ -38,7 +44,7 @@ use crate::task::TaskError;
 pub const STATUS_VALID: &str = "valid";
 /// Status of a certificate revoked at the CA (its files are gone, its metadata kept).
 pub const STATUS_REVOKED: &str = "revoked";
-/// Folder (under `certs_dir`) of Traefik's document; no certificate may take this name.
+/// Folder (under `certs_dir`) of the platform's dynamic files; no certificate may take this name.
 pub const TRAEFIK_DIR: &str = "traefik";
 /// File name of Traefik's document.
 pub const TRAEFIK_DOC: &str = "certificates.yml";
@@ -226,9 +232,9 @@ impl CertStore {
         self.certs_dir.join(name).join("privkey.pem")
     }
 
-    /// Path of Traefik's file-provider document.
+    /// Path of Traefik's file-provider document (top level of `certs_dir`, see the module comment).
     pub fn traefik_doc_path(&self) -> PathBuf {
-        self.certs_dir.join(TRAEFIK_DIR).join(TRAEFIK_DOC)
+        self.certs_dir.join(TRAEFIK_DOC)
     }
 
     /// Stores a freshly issued certificate under `name`: files, metadata, Traefik document.
@@ -459,6 +465,36 @@ impl CertStore {
         write_atomic(&self.traefik_doc_path(), text.as_bytes(), 0o644)?;
         Ok(())
     }
+}
+
+/// Copies the `*.yml` files of `source` (the platform's dynamic configuration) into
+/// `certs_dir/traefik/` and removes the ones `source` no longer has. Returns how many it wrote.
+pub fn publish_platform_files(source: &Path, certs_dir: &Path) -> Result<usize, AcmeError> {
+    let target = certs_dir.join(TRAEFIK_DIR);
+    let is_yaml = |p: &Path| {
+        p.extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e == "yml" || e == "yaml")
+    };
+    let mut names = Vec::new();
+    let entries = std::fs::read_dir(source).map_err(|e| AcmeError::file(source, e))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !path.is_file() || !is_yaml(&path) {
+            continue;
+        }
+        let body = std::fs::read(&path).map_err(|e| AcmeError::file(&path, e))?;
+        write_atomic(&target.join(entry.file_name()), &body, 0o644)?;
+        names.push(entry.file_name());
+    }
+    if let Ok(existing) = std::fs::read_dir(&target) {
+        for entry in existing.flatten() {
+            if is_yaml(&entry.path()) && !names.contains(&entry.file_name()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    Ok(names.len())
 }
 
 /// Version folders (serials) of a certificate other than `keep`.

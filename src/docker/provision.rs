@@ -466,9 +466,16 @@ async fn converge(
     // "active" means reachable: the team answers through the ingress at its host.
     if let Some(url) = config.platform.ingress_probe_url.as_deref() {
         let host = host(config, slug);
-        let took =
-            super::readiness::probe_ingress(url, rendered, &host, timeout, progress.cancellation())
-                .await?;
+        let serial = certificate["serial"].as_str();
+        let took = super::readiness::probe_ingress(
+            url,
+            rendered,
+            &host,
+            serial,
+            timeout,
+            progress.cancellation(),
+        )
+        .await?;
         progress
             .note(&format!(
                 "{host} answers through the ingress ({} ms)",
@@ -723,6 +730,15 @@ pub async fn lifecycle(
             .wait_healthy(&ids, timeout, progress.cancellation())
             .await
             .map_err(TaskError::from)?;
+        // "active" means reachable (INGRESS_PROBE_URL).
+        super::readiness::probe_tenant(
+            &services.config,
+            kind,
+            slug,
+            timeout,
+            progress.cancellation(),
+        )
+        .await?;
         "active"
     };
     progress.step("Recording state").await?;

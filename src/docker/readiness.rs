@@ -11,8 +11,11 @@
 //! [`probe_ingress`]: "active means reachable". Each router of the tenant is asked through the
 //! ingress address (`INGRESS_PROBE_URL`) with the tenant's Host and SNI until it answers with
 //! something other than Traefik's own "404 page not found" (no router for the host yet) or a
-//! 502/503/504 (the ingress cannot reach the tenant). The certificate is not verified here: the
-//! probe asks whether the route exists, the tests check the chain.
+//! 502/503/504 (the ingress cannot reach the tenant). The chain is not verified (the probe asks
+//! whether the route exists; the CA may be one the worker does not trust), but when the orchestrator
+//! issued the tenant's certificate the probe waits until the ingress serves that one (same serial):
+//! the file provider reloads on its own schedule, and "active" must not mean "served with Traefik's
+//! default certificate".
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -152,19 +155,29 @@ pub async fn wait_ready(
     }
 }
 
-/// A TLS verifier that accepts any certificate: the ingress probe checks the route, not the chain.
+/// A TLS verifier that accepts any certificate (the ingress probe checks the route, not the chain)
+/// and remembers the serial of the last leaf it saw.
 #[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+struct AnyCertificate(
+    Arc<rustls::crypto::CryptoProvider>,
+    std::sync::Mutex<Option<String>>,
+);
 
 impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
         &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
         _intermediates: &[rustls::pki_types::CertificateDer<'_>],
         _server_name: &rustls::pki_types::ServerName<'_>,
         _ocsp_response: &[u8],
         _now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let serial = x509_parser::parse_x509_certificate(end_entity.as_ref())
+            .ok()
+            .map(|(_, cert)| hex::encode(cert.raw_serial()));
+        if let Ok(mut seen) = self.1.lock() {
+            *seen = serial;
+        }
         Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
 
@@ -213,9 +226,10 @@ enum Answer {
 /// One GET of `path` at `addr` with Host (and, over TLS, SNI) `host`.
 async fn through_ingress(
     addr: SocketAddr,
-    tls: Option<&tokio_rustls::TlsConnector>,
+    tls: Option<(&tokio_rustls::TlsConnector, &AnyCertificate)>,
     host: &str,
     path: &str,
+    serial: Option<&str>,
 ) -> Answer {
     let stream = match tokio::time::timeout(PROBE_IO, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
@@ -224,11 +238,20 @@ async fn through_ingress(
     };
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     let answer = match tls {
-        Some(connector) => {
+        Some((connector, verifier)) => {
             let Ok(name) = rustls::pki_types::ServerName::try_from(host.to_string()) else {
                 return Answer::NotYet(format!("{host} is not a server name"));
             };
             let handshake = tokio::time::timeout(PROBE_IO, connector.connect(name, stream)).await;
+            let served = verifier.1.lock().ok().and_then(|s| s.clone());
+            if let (Some(wanted), Ok(Ok(_))) = (serial, &handshake)
+                && served.as_deref() != Some(wanted)
+            {
+                return Answer::NotYet(format!(
+                    "the ingress serves certificate serial {} for it, not the team's ({wanted}) yet",
+                    served.as_deref().unwrap_or("?")
+                ));
+            }
             match handshake {
                 Ok(Ok(s)) => tokio::time::timeout(PROBE_IO, exchange(s, &request)).await,
                 Ok(Err(e)) => return Answer::NotYet(format!("TLS handshake failed: {e}")),
@@ -270,12 +293,14 @@ fn router_paths(rendered: &Rendered) -> Vec<String> {
     paths
 }
 
-/// Waits until every router of `rendered` answers at `url` (the ingress) for `host`; fails after
-/// `timeout` with the last reason. See the module comment.
+/// Waits until every router of `rendered` answers at `url` (the ingress) for `host`, over TLS with
+/// the certificate of `serial` when given; fails after `timeout` with the last reason. See the
+/// module comment.
 pub async fn probe_ingress(
     url: &str,
     rendered: &Rendered,
     host: &str,
+    serial: Option<&str>,
     timeout: Duration,
     cancel: Option<&CancellationToken>,
 ) -> Result<Duration, DockerError> {
@@ -305,28 +330,26 @@ pub async fn probe_ingress(
                 "INGRESS_PROBE_URL {url}: cannot resolve {with_port}"
             ))
         })?;
-    let connector = tls.then(|| {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = Arc::new(AnyCertificate(provider.clone(), Default::default()));
+    let connector = if tls {
+        let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map(|b| {
-                b.dangerous()
-                    .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-                    .with_no_client_auth()
-            });
-        config.map(|c| tokio_rustls::TlsConnector::from(Arc::new(c)))
-    });
-    let connector = match connector {
-        Some(Ok(c)) => Some(c),
-        Some(Err(e)) => return Err(DockerError::Conflict(format!("TLS client: {e}"))),
-        None => None,
+            .map_err(|e| DockerError::Conflict(format!("TLS client: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+        Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    } else {
+        None
     };
     let mut pending = router_paths(rendered);
     loop {
         let mut still = Vec::new();
         let mut last = String::new();
         for path in pending {
-            match through_ingress(addr, connector.as_ref(), host, &path).await {
+            let tls = connector.as_ref().map(|c| (c, verifier.as_ref()));
+            match through_ingress(addr, tls, host, &path, serial).await {
                 Answer::Reached => {}
                 Answer::NotYet(why) => {
                     last = format!("https://{host}{path}: {why}");
@@ -351,6 +374,26 @@ pub async fn probe_ingress(
         }
         tokio::time::sleep(PROBE_EVERY).await;
     }
+}
+
+/// After a restart or resume: when `INGRESS_PROBE_URL` is set, waits until tenant `slug` answers
+/// through the ingress again (its certificate is whatever the ingress serves).
+pub async fn probe_tenant(
+    config: &crate::config::Config,
+    kind: crate::templates::Kind,
+    slug: &str,
+    timeout: Duration,
+    cancel: Option<&CancellationToken>,
+) -> Result<(), DockerError> {
+    let Some(url) = config.platform.ingress_probe_url.as_deref() else {
+        return Ok(());
+    };
+    let rendered = crate::templates::render(config, kind, slug)
+        .map_err(|e| DockerError::Conflict(format!("template: {e}")))?;
+    let host = format!("{slug}.{}", config.platform.domain.trim_end_matches('.'));
+    probe_ingress(url, &rendered, &host, None, timeout, cancel)
+        .await
+        .map(|_| ())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod docker;
 pub mod journey;
 pub mod pebble;
 pub mod redis_server;
+pub mod traefik;
 pub mod worker;
 
 pub use redis_server::RedisServer;
