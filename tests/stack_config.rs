@@ -470,11 +470,14 @@ fn compose_wires_the_stack() {
         "the non-root worker needs the socket's group"
     );
 
-    // Traefik sees the certificates volume read-only at TRAEFIK_CERTS_DIR, inside the file provider's
-    // folder next to the platform's dynamic files; no mount point lies inside a read-only mount (so it
-    // starts from an empty volume: tests/traefik.rs runs it).
+    // Traefik sees the certificates volume read-only at TRAEFIK_CERTS_DIR (the same path as the
+    // worker's CERTS_DIR) and its file provider watches that folder's top level, where the worker
+    // writes certificates.yml; the platform's dynamic files are published there by the worker
+    // (TRAEFIK_DYNAMIC_DIR, shipped in the image). No mount point lies inside a read-only mount, so
+    // Traefik starts from an empty volume (tests/traefik.rs runs it).
     let tm = mounts(traefik);
     let seen = env_of(orch, "TRAEFIK_CERTS_DIR");
+    assert_eq!(seen, certs_dir);
     assert!(
         tm.iter()
             .any(|(s, t, ro)| s == &certs_vol.0 && t == seen && *ro),
@@ -482,13 +485,10 @@ fn compose_wires_the_stack() {
         certs_vol.0
     );
     let static_cfg = yaml(&read("traefik/traefik.yml"), "traefik/traefik.yml");
-    let watched = static_cfg["providers"]["file"]["directory"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        seen.starts_with(&format!("{watched}/")),
-        "the file provider ({watched}) must load the folder the orchestrator writes certificates.yml to ({seen})"
+    assert_eq!(
+        static_cfg["providers"]["file"]["directory"].as_str(),
+        Some(seen),
+        "the file provider must watch the folder the orchestrator writes certificates.yml to"
     );
     assert!(
         tm.iter().any(|(s, t, ro)| s == "./traefik/traefik.yml"
@@ -496,10 +496,10 @@ fn compose_wires_the_stack() {
             && *ro),
         "static configuration mount: {tm:?}"
     );
+    assert_eq!(env_of(orch, "TRAEFIK_DYNAMIC_DIR"), "/app/traefik/dynamic");
     assert!(
-        tm.iter()
-            .any(|(s, t, _)| s == "./traefik/dynamic" && t.starts_with(&format!("{watched}/"))),
-        "traefik/dynamic must be a sub-folder of the watched folder: {tm:?}"
+        read("Dockerfile").contains("COPY traefik/dynamic/ /app/traefik/dynamic/"),
+        "the image must ship traefik/dynamic"
     );
     for (_, outer, ro) in &tm {
         for (_, inner, _) in &tm {
