@@ -44,6 +44,7 @@ for ((i = 0; i < ${#args[@]}; i++)); do
 done
 
 export DOMAIN="${DOMAIN:-localhost}"
+export RUST_LOG="${RUST_LOG:-info,hickory_server=warn}"
 export EMBEDDED_DNS="${EMBEDDED_DNS:-true}"
 export DNS_LISTEN="${DNS_LISTEN:-127.0.0.1:5353}"
 # Traefik runs on the host and reaches team containers at their bridge addresses: no ingress
@@ -102,8 +103,9 @@ wait_port 127.0.0.1 "$PEBBLE_PORT" Pebble "$P/pebble.log"
 curl -sS --fail --cacert "$P/listener-ca.pem" "https://127.0.0.1:$PEBBLE_MGMT_PORT/roots/0" > "$P/root.pem"
 export ACME_DIRECTORY="https://127.0.0.1:$PEBBLE_PORT/dir"
 export ACME_CA_ROOT="$P/listener-ca.pem"
-# A certificate from an earlier run was signed by an earlier Pebble root: forget it, so the demo
-# team gets one clients can check against this run's root.
+# Pebble forgets everything when it stops: drop the ACME account of an earlier run, and its
+# certificate for the demo team (signed by an earlier root), so this run's root verifies the new one.
+rm -f "$ACME_ACCOUNT_FILE"
 redis-cli -u "$REDIS_URL" DEL "cert:team-$SLUG" >/dev/null
 redis-cli -u "$REDIS_URL" SREM certs "team-$SLUG" >/dev/null
 
