@@ -223,6 +223,31 @@ async fn queued_dns(stack: &Stack, name: &str, value: &str) -> Duration {
     seen
 }
 
+/// The acme module wired to `stack`'s zone and Pebble, with its own account file and certificate
+/// folder: nothing shared with the worker's.
+fn raw_acme(stack: &Stack) -> (Acme, std::sync::Arc<Services>) {
+    let pool = deadpool_redis::Config::from_url(stack.redis.url())
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .unwrap();
+    let challenges = ZoneChallengeDns::from_config(&stack.config, pool.clone()).unwrap();
+    let mut acme_config = (*stack.config).clone();
+    acme_config.acme.acme_account_file = stack.dir.path().join("raw/account.json");
+    acme_config.acme.certs_dir = stack.dir.path().join("raw/certs");
+    let acme_config = std::sync::Arc::new(acme_config);
+    let acme = Acme::new(
+        acme_config.clone(),
+        pool.clone(),
+        std::sync::Arc::new(challenges),
+    );
+    let services = std::sync::Arc::new(Services {
+        config: acme_config,
+        redis: pool,
+        names: std::sync::Arc::new(NoNames),
+        certificates: std::sync::Arc::new(orchestrator::services::NoCertificates),
+    });
+    (acme, services)
+}
+
 /// A certificate through the acme module directly (DNS-01 on the same zone, same Pebble).
 async fn raw_certificate(
     stack: &Stack,
@@ -265,26 +290,7 @@ async fn main() {
     build_images();
     let stack = Stack::start(true).await;
     let engine = Engine::connect(&stack.config.docker).await.unwrap();
-    let pool = deadpool_redis::Config::from_url(stack.redis.url())
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .unwrap();
-    let challenges = ZoneChallengeDns::from_config(&stack.config, pool.clone()).unwrap();
-    // Its own account file and certificate folder: nothing shared with the worker's.
-    let mut acme_config = (*stack.config).clone();
-    acme_config.acme.acme_account_file = stack.dir.path().join("raw/account.json");
-    acme_config.acme.certs_dir = stack.dir.path().join("raw/certs");
-    let acme_config = std::sync::Arc::new(acme_config);
-    let acme = Acme::new(
-        acme_config.clone(),
-        pool.clone(),
-        std::sync::Arc::new(challenges),
-    );
-    let services = std::sync::Arc::new(Services {
-        config: acme_config,
-        redis: pool,
-        names: std::sync::Arc::new(NoNames),
-        certificates: std::sync::Arc::new(orchestrator::services::NoCertificates),
-    });
+    let (acme, services) = raw_acme(&stack);
 
     let mut splits = Vec::new();
     let mut raw_create = Vec::new();
@@ -443,7 +449,7 @@ async fn raw_team(
     engine: &Engine,
     cfg: &orchestrator::config::Config,
     slug: &str,
-    order: Option<(&Acme, &std::sync::Arc<Services>, &str)>,
+    order: Option<(&Stack, &Acme, &std::sync::Arc<Services>, &str)>,
 ) -> Duration {
     let docker = engine.client();
     let rendered = templates::render(cfg, Kind::Team, slug).unwrap();
@@ -501,26 +507,8 @@ async fn raw_team(
         .await;
     };
     let certificate = async {
-        if let Some((acme, services, name)) = order {
-            let request = acme
-                .request(
-                    Some(name),
-                    &[format!("{name}.localhost")],
-                    ChallengeKind::Dns01,
-                )
-                .unwrap();
-            let task = Task {
-                id: uuid::Uuid::new_v4().to_string(),
-                task_type: "certificate.issue".into(),
-                user_id: None,
-                payload: json!({}),
-                idempotency_key: None,
-                max_attempts: None,
-                timeout_s: None,
-                created_at: None,
-            };
-            let ctx = TaskContext::new(task, 1, 1, "bench".into(), services.clone());
-            acme.issue(&ctx, &request, Report::Notes).await.unwrap();
+        if let Some((stack, acme, services, name)) = order {
+            raw_certificate(stack, acme, services, name).await;
         }
     };
     tokio::join!(containers, certificate);
@@ -558,31 +546,13 @@ async fn through_traefik(rounds: usize, engine: &Engine) {
         .collect()
     };
     let stack = Stack::start_with(true, &traefik_args(dynamic.display().to_string(), "8")).await;
-    let pool = deadpool_redis::Config::from_url(stack.redis.url())
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .unwrap();
-    let challenges = ZoneChallengeDns::from_config(&stack.config, pool.clone()).unwrap();
-    let mut acme_config = (*stack.config).clone();
-    acme_config.acme.acme_account_file = stack.dir.path().join("raw/account.json");
-    acme_config.acme.certs_dir = stack.dir.path().join("raw/certs");
-    let acme_config = std::sync::Arc::new(acme_config);
-    let acme = Acme::new(
-        acme_config.clone(),
-        pool.clone(),
-        std::sync::Arc::new(challenges),
-    );
-    let services = std::sync::Arc::new(Services {
-        config: acme_config,
-        redis: pool,
-        names: std::sync::Arc::new(NoNames),
-        certificates: std::sync::Arc::new(orchestrator::services::NoCertificates),
-    });
+    let (acme, services) = raw_acme(&stack);
     // One account creation outside the timings (the worker's is made by its first order too).
     raw_team(
         engine,
         &stack.config,
         &unique_slug("btw"),
-        Some((&acme, &services, "btwarm")),
+        Some((&stack, &acme, &services, "btwarm")),
     )
     .await;
     let (mut with_cert, mut without, mut raw_with, mut raw_without) =
@@ -605,7 +575,7 @@ async fn through_traefik(rounds: usize, engine: &Engine) {
                 engine,
                 &stack.config,
                 &ra,
-                Some((&acme, &services, &cert_name)),
+                Some((&stack, &acme, &services, &cert_name)),
             )
             .await,
         );

@@ -197,34 +197,9 @@ pub async fn reconcile(
         drift: Vec::new(),
         fix,
     };
-    // The ingress must be on every tenant network (a recreated Traefik container is not).
-    let ingress = &services.config.docker.ingress_container;
-    for (container, network) in engine.ingress_drift(ingress).await? {
-        let (kind, slug) = [Kind::Team, Kind::Sandbox]
-            .into_iter()
-            .find_map(|k| {
-                let slug = network
-                    .strip_prefix(&format!("{}-", k.as_str()))?
-                    .strip_suffix("-net")?;
-                Some((k, slug.to_string()))
-            })
-            .unwrap_or((Kind::Team, network.clone()));
-        let mut drift = Drift {
-            kind,
-            slug,
-            problem: format!("ingress {container} is not attached to network {network}"),
-            action: "attach it".into(),
-            fixed: false,
-            error: None,
-        };
-        if fix {
-            match engine.connect_to_network(&network, &container).await {
-                Ok(_) => drift.fixed = true,
-                Err(e) => drift.error = Some(e.to_string()),
-            }
-        }
-        report.drift.push(drift);
-    }
+    report
+        .drift
+        .extend(reconcile_ingress(engine, services, fix).await?);
     for row in rows {
         let (problem, action) = match row.status.as_str() {
             "unrecorded" => (
@@ -276,6 +251,44 @@ pub async fn reconcile(
         report.drift.push(drift);
     }
     Ok(report)
+}
+
+/// The ingress part of [`reconcile`]: every ingress must be on every tenant network (a recreated
+/// Traefik container is not). With `fix`, attaches it; touches nothing else.
+pub async fn reconcile_ingress(
+    engine: &Engine,
+    services: &Services,
+    fix: bool,
+) -> Result<Vec<Drift>, TaskError> {
+    let mut found = Vec::new();
+    let ingress = &services.config.docker.ingress_container;
+    for (container, network) in engine.ingress_drift(ingress).await? {
+        let (kind, slug) = [Kind::Team, Kind::Sandbox]
+            .into_iter()
+            .find_map(|k| {
+                let slug = network
+                    .strip_prefix(&format!("{}-", k.as_str()))?
+                    .strip_suffix("-net")?;
+                Some((k, slug.to_string()))
+            })
+            .unwrap_or((Kind::Team, network.clone()));
+        let mut drift = Drift {
+            kind,
+            slug,
+            problem: format!("ingress {container} is not attached to network {network}"),
+            action: "attach it".into(),
+            fixed: false,
+            error: None,
+        };
+        if fix {
+            match engine.connect_to_network(&network, &container).await {
+                Ok(_) => drift.fixed = true,
+                Err(e) => drift.error = Some(e.to_string()),
+            }
+        }
+        found.push(drift);
+    }
+    Ok(found)
 }
 
 /// What is wrong with a tenant Redis records as existing, if anything.

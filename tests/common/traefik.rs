@@ -26,6 +26,36 @@ pub fn binary() -> PathBuf {
         .unwrap_or_else(|| root().join(".venv/bin/traefik"))
 }
 
+/// Traefik's own ACME resolver pointed at a test CA (only used with `CERT_ISSUER=traefik`).
+#[derive(Clone)]
+pub struct Resolver {
+    /// HTTPS port Traefik must listen on (the CA validates TLS-ALPN-01 there).
+    pub https_port: u16,
+    /// The CA's directory URL (`caServer`).
+    pub ca_server: String,
+    /// PEM file Traefik trusts for the CA's own TLS (`LEGO_CA_CERTIFICATES`).
+    pub ca_file: PathBuf,
+}
+
+/// The project's `traefik/traefik.yml` adapted to free loopback ports and `dynamic`.
+fn adapted(
+    dir: &tempfile::TempDir,
+    dynamic: &Path,
+    resolver: Option<&Resolver>,
+) -> (HostLayout, String) {
+    let layout = HostLayout {
+        web_port: free_port(),
+        websecure_port: resolver.map_or_else(free_port, |r| r.https_port),
+        traefik_port: free_port(),
+        dynamic_dir: dynamic.to_path_buf(),
+        acme_storage: dir.path().join("acme.json"),
+        ca_server: resolver.map(|r| r.ca_server.clone()),
+    };
+    let source = std::fs::read_to_string(root().join("traefik/traefik.yml")).unwrap();
+    let adapted = adapt_static_config(&source, &layout).expect("adapt traefik.yml");
+    (layout, adapted)
+}
+
 /// A running Traefik owned by a test.
 pub struct Traefik {
     /// HTTP entry point `web` (redirects to HTTPS).
@@ -57,16 +87,17 @@ impl Traefik {
     /// Starts Traefik on `dynamic` (from [`Traefik::prepare`]) routing only containers whose
     /// `orchestrator.slug` starts with `slug_prefix`.
     pub fn start(dir: tempfile::TempDir, dynamic: PathBuf, slug_prefix: &str) -> Self {
-        let layout = HostLayout {
-            web_port: free_port(),
-            websecure_port: free_port(),
-            traefik_port: free_port(),
-            dynamic_dir: dynamic.clone(),
-            acme_storage: dir.path().join("acme.json"),
-            ca_server: None,
-        };
-        let source = std::fs::read_to_string(root().join("traefik/traefik.yml")).unwrap();
-        let adapted = adapt_static_config(&source, &layout).expect("adapt traefik.yml");
+        Self::start_with(dir, dynamic, slug_prefix, None)
+    }
+
+    /// [`Traefik::start`] with its ACME resolver pointed at a test CA.
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        dynamic: PathBuf,
+        slug_prefix: &str,
+        resolver: Option<Resolver>,
+    ) -> Self {
+        let (layout, adapted) = adapted(&dir, &dynamic, resolver.as_ref());
         let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&adapted).unwrap();
         doc["providers"]["docker"]["constraints"] = format!(
             "LabelRegex(`orchestrator.slug`, `^{}`)",
@@ -75,7 +106,8 @@ impl Traefik {
         .into();
         let config = dir.path().join("traefik.yml");
         std::fs::write(&config, serde_yaml_ng::to_string(&doc).unwrap()).unwrap();
-        let traefik = Self::spawn(dir, config, layout, dynamic);
+        let ca_file = resolver.map(|r| r.ca_file);
+        let traefik = Self::spawn(dir, config, layout, dynamic, ca_file);
         traefik.wait_ready();
         traefik
     }
@@ -86,9 +118,14 @@ impl Traefik {
         config: PathBuf,
         layout: HostLayout,
         dynamic: PathBuf,
+        ca_file: Option<PathBuf>,
     ) -> Self {
         let log = std::fs::File::create(dir.path().join("traefik.log")).unwrap();
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        if let Some(ca) = ca_file {
+            command.env("LEGO_CA_CERTIFICATES", ca);
+        }
+        let child = command
             .arg(format!("--configFile={}", config.display()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -108,18 +145,10 @@ impl Traefik {
     /// Starts Traefik on the project's `traefik/traefik.yml` adapted by the crate, nothing added.
     pub fn start_project_config() -> Self {
         let (dir, dynamic) = Self::prepare();
-        let layout = HostLayout {
-            web_port: free_port(),
-            websecure_port: free_port(),
-            traefik_port: free_port(),
-            dynamic_dir: dynamic.clone(),
-            acme_storage: dir.path().join("acme.json"),
-            ca_server: None,
-        };
-        let source = std::fs::read_to_string(root().join("traefik/traefik.yml")).unwrap();
+        let (layout, adapted) = adapted(&dir, &dynamic, None);
         let config = dir.path().join("traefik.yml");
-        std::fs::write(&config, adapt_static_config(&source, &layout).unwrap()).unwrap();
-        let traefik = Self::spawn(dir, config, layout, dynamic);
+        std::fs::write(&config, adapted).unwrap();
+        let traefik = Self::spawn(dir, config, layout, dynamic, None);
         traefik.wait_ready();
         traefik
     }
