@@ -124,7 +124,7 @@ pub async fn start_worker(config: Arc<Config>) -> Result<RunningWorker, StartErr
         })?;
     }
     // The ingress stays attached to every tenant network (docker::ingress), per-team networks only.
-    if config.docker.network_mode != "shared" {
+    if config.docker.network_mode != "shared" && !config.docker.ingress_container.is_empty() {
         let (docker_config, token) = (config.docker.clone(), shutdown.token());
         tokio::spawn(async move {
             match crate::docker::Engine::connect(&docker_config).await {
