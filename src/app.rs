@@ -125,13 +125,10 @@ pub async fn start_worker(config: Arc<Config>) -> Result<RunningWorker, StartErr
     }
     // The ingress stays attached to every tenant network (docker::ingress), per-team networks only.
     if config.docker.network_mode != "shared" && !config.docker.ingress_container.is_empty() {
-        let (docker_config, token) = (config.docker.clone(), shutdown.token());
+        let (services, token) = (services.clone(), shutdown.token());
         tokio::spawn(async move {
-            match crate::docker::Engine::connect(&docker_config).await {
-                Ok(engine) => {
-                    crate::docker::ingress::run(engine, docker_config.ingress_container, token)
-                        .await
-                }
+            match crate::docker::Engine::connect(&services.config.docker).await {
+                Ok(engine) => crate::docker::ingress::run(engine, services, token).await,
                 Err(err) => tracing::warn!(error = %err, "not following the ingress: no engine"),
             }
         });

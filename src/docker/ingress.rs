@@ -3,7 +3,8 @@
 //! Recreating the Traefik container (what `docker compose up -d` does after a change) gives a new
 //! container attached to its compose networks only: teams would answer 504 until re-attached. So the
 //! worker converges at start, then follows the engine's event stream and converges again whenever a
-//! container named `INGRESS_CONTAINER` or labelled `orchestrator.role=ingress` starts. A broken stream
+//! container named `INGRESS_CONTAINER` or labelled `orchestrator.role=ingress` starts. The networks
+//! are those of the tenants Redis records ([`super::teams::recorded_networks`]). A broken stream
 //! is reopened after a pause, with a convergence pass (events may have been missed meanwhile).
 
 use std::collections::HashMap;
@@ -15,11 +16,20 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Engine;
+use crate::services::Services;
 use crate::traefik::{LABEL_ROLE, ROLE_INGRESS};
 
-/// One convergence pass: attaches every ingress to every tenant network; logs what it did.
-pub async fn converge(engine: &Engine, ingress: &str) {
-    match engine.attach_ingress_everywhere(ingress).await {
+/// One convergence pass: attaches every ingress to every recorded tenant's network; logs what it did.
+pub async fn converge(engine: &Engine, services: &Services) {
+    let ingress = &services.config.docker.ingress_container;
+    let networks = match super::teams::recorded_networks(services).await {
+        Ok(n) => n,
+        Err(err) => {
+            warn!(error = %err, "reading the recorded tenants failed; ingress not converged");
+            return;
+        }
+    };
+    match engine.attach_ingress_everywhere(ingress, &networks).await {
         Ok(connected) => {
             for (container, network) in connected {
                 info!(container, network, "ingress attached to tenant network");
@@ -36,9 +46,10 @@ fn is_ingress(attributes: &HashMap<String, String>, ingress: &str) -> bool {
 }
 
 /// Runs until `stop` fires (see the module comment).
-pub async fn run(engine: Engine, ingress: String, stop: CancellationToken) {
+pub async fn run(engine: Engine, services: std::sync::Arc<Services>, stop: CancellationToken) {
+    let ingress = services.config.docker.ingress_container.clone();
     loop {
-        converge(&engine, &ingress).await;
+        converge(&engine, &services).await;
         let mut filters = HashMap::new();
         filters.insert("type", vec!["container"]);
         filters.insert("event", vec!["start"]);
@@ -53,7 +64,7 @@ pub async fn run(engine: Engine, ingress: String, stop: CancellationToken) {
                 Some(Ok(event)) => {
                     let attributes = event.actor.and_then(|a| a.attributes).unwrap_or_default();
                     if is_ingress(&attributes, &ingress) {
-                        converge(&engine, &ingress).await;
+                        converge(&engine, &services).await;
                     }
                 }
                 Some(Err(err)) => {

@@ -123,8 +123,13 @@ impl Engine {
         if !network.owned {
             return Ok(false);
         }
-        // Every ingress (by name or label) attached to it: a network with endpoints cannot go.
-        for attached in self.ingress_containers(ingress).await? {
+        // Every ingress attached to it (by name, or by label even when this worker has none
+        // configured): a network with endpoints cannot go.
+        let mut ingresses = self.labelled_ingresses().await?;
+        if !ingress.is_empty() {
+            ingresses.push(ingress.to_string());
+        }
+        for attached in ingresses {
             if network.containers.contains(&attached) {
                 self.disconnect(name, &attached).await?;
             }
@@ -190,14 +195,8 @@ impl Engine {
         }
     }
 
-    /// Names of the ingress containers: the one named `name` (if set and it exists) and every
-    /// container labelled `orchestrator.role=ingress`, running or not, sorted.
-    /// `name` empty means no ingress at all (the label is not looked at either): tests and setups
-    /// without an ingress never attach someone else's.
-    pub async fn ingress_containers(&self, name: &str) -> Result<Vec<String>, DockerError> {
-        if name.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// Names of the containers labelled `orchestrator.role=ingress`, running or not.
+    async fn labelled_ingresses(&self) -> Result<Vec<String>, DockerError> {
         let label = format!(
             "{}={}",
             crate::traefik::LABEL_ROLE,
@@ -209,7 +208,7 @@ impl Engine {
             .all(true)
             .filters(&filters)
             .build();
-        let mut names: Vec<String> = self
+        Ok(self
             .client()
             .list_containers(Some(options))
             .await
@@ -217,7 +216,17 @@ impl Engine {
             .into_iter()
             .filter_map(|c| c.names.and_then(|n| n.into_iter().next()))
             .map(|n| n.trim_start_matches('/').to_string())
-            .collect();
+            .collect())
+    }
+
+    /// Names of the ingress containers: the one named `name` (if it exists) and every container
+    /// labelled `orchestrator.role=ingress`, sorted. `name` empty means no ingress at all (the label
+    /// is not looked at either): setups without an ingress never attach someone else's.
+    pub async fn ingress_containers(&self, name: &str) -> Result<Vec<String>, DockerError> {
+        if name.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut names = self.labelled_ingresses().await?;
         match self.client().inspect_container(name, None).await {
             Ok(_) => names.push(name.to_string()),
             Err(e) if is_not_found(&e) => {}
@@ -244,48 +253,22 @@ impl Engine {
         Ok(changed)
     }
 
-    /// Tenant networks (own bridges the orchestrator created for a team or sandbox), by name.
-    pub async fn tenant_networks(&self) -> Result<Vec<NetworkInfo>, DockerError> {
-        let label = format!(
-            "{}={}",
-            crate::templates::LABEL_MANAGED_BY,
-            crate::templates::MANAGED_BY_VALUE
-        );
-        let mut filters = HashMap::new();
-        filters.insert("label", vec![label.as_str()]);
-        let options = ListNetworksOptionsBuilder::default()
-            .filters(&filters)
-            .build();
-        let listed = self
-            .client()
-            .list_networks(Some(options))
-            .await
-            .map_err(|e| DockerError::engine("listing tenant networks", e))?;
-        let mut found = Vec::new();
-        for network in listed {
-            let tenant = network
-                .labels
-                .as_ref()
-                .is_some_and(|l| l.contains_key(crate::templates::LABEL_KIND));
-            let Some(name) = network.name.filter(|_| tenant) else {
-                continue;
-            };
-            if let Some(info) = self.find_network(&name).await? {
-                found.push(info);
-            }
-        }
-        found.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(found)
-    }
-
-    /// `(ingress, network)` pairs where an ingress is not attached to a tenant network.
-    pub async fn ingress_drift(&self, name: &str) -> Result<Vec<(String, String)>, DockerError> {
+    /// `(ingress, network)` pairs where an ingress is not attached to one of `networks` (the tenant
+    /// networks this deployment records; a network that does not exist is skipped).
+    pub async fn ingress_drift(
+        &self,
+        name: &str,
+        networks: &[String],
+    ) -> Result<Vec<(String, String)>, DockerError> {
         let ingresses = self.ingress_containers(name).await?;
         let mut missing = Vec::new();
         if ingresses.is_empty() {
             return Ok(missing);
         }
-        for network in self.tenant_networks().await? {
+        for network in networks {
+            let Some(network) = self.find_network(network).await? else {
+                continue;
+            };
             for ingress in &ingresses {
                 if !network.containers.contains(ingress) {
                     missing.push((ingress.clone(), network.name.clone()));
@@ -299,9 +282,10 @@ impl Engine {
     pub async fn attach_ingress_everywhere(
         &self,
         name: &str,
+        networks: &[String],
     ) -> Result<Vec<(String, String)>, DockerError> {
         let mut connected = Vec::new();
-        for (ingress, network) in self.ingress_drift(name).await? {
+        for (ingress, network) in self.ingress_drift(name, networks).await? {
             match self.connect_to_network(&network, &ingress).await {
                 Ok(true) => connected.push((ingress, network)),
                 Ok(false) => {}

@@ -253,6 +253,26 @@ pub async fn reconcile(
     Ok(report)
 }
 
+/// The own networks of every tenant Redis records (none in `shared` network mode).
+pub async fn recorded_networks(services: &Services) -> Result<Vec<String>, TaskError> {
+    let mut networks = Vec::new();
+    if services.config.docker.network_mode == "shared" {
+        return Ok(networks);
+    }
+    let mut conn = services.redis.get().await?;
+    for kind in [Kind::Team, Kind::Sandbox] {
+        let slugs: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(set_key(kind))
+            .query_async(&mut *conn)
+            .await?;
+        for slug in slugs {
+            networks.push(templates::network_name(&services.config, kind, &slug));
+        }
+    }
+    networks.sort();
+    Ok(networks)
+}
+
 /// The ingress part of [`reconcile`]: every ingress must be on every tenant network (a recreated
 /// Traefik container is not). With `fix`, attaches it; touches nothing else.
 pub async fn reconcile_ingress(
@@ -262,7 +282,8 @@ pub async fn reconcile_ingress(
 ) -> Result<Vec<Drift>, TaskError> {
     let mut found = Vec::new();
     let ingress = &services.config.docker.ingress_container;
-    for (container, network) in engine.ingress_drift(ingress).await? {
+    let networks = recorded_networks(services).await?;
+    for (container, network) in engine.ingress_drift(ingress, &networks).await? {
         let (kind, slug) = [Kind::Team, Kind::Sandbox]
             .into_iter()
             .find_map(|k| {
