@@ -97,15 +97,8 @@ async fn journey(stack: &Stack, slug: &str) -> Split {
     }
 }
 
-/// The two containers straight through bollard: (create+start, health wait).
-async fn raw_containers(
-    engine: &Engine,
-    cfg: &orchestrator::config::Config,
-    slug: &str,
-) -> (Duration, Duration) {
-    let docker = engine.client();
-    let rendered = templates::render(cfg, Kind::Team, slug).unwrap();
-    let start = Instant::now();
+/// The tenant's network and volumes straight through bollard.
+async fn create_network_and_volumes(docker: &bollard::Docker, rendered: &templates::Rendered) {
     docker
         .create_network(NetworkCreateRequest {
             name: rendered.network.clone(),
@@ -124,6 +117,18 @@ async fn raw_containers(
             .await
             .unwrap();
     }
+}
+
+/// The two containers straight through bollard: (create+start, health wait).
+async fn raw_containers(
+    engine: &Engine,
+    cfg: &orchestrator::config::Config,
+    slug: &str,
+) -> (Duration, Duration) {
+    let docker = engine.client();
+    let rendered = templates::render(cfg, Kind::Team, slug).unwrap();
+    let start = Instant::now();
+    create_network_and_volumes(docker, &rendered).await;
     let mut ids = Vec::new();
     for spec in &rendered.containers {
         let options = CreateContainerOptionsBuilder::default()
@@ -455,24 +460,7 @@ async fn raw_team(
     let rendered = templates::render(cfg, Kind::Team, slug).unwrap();
     let start = Instant::now();
     let containers = async {
-        docker
-            .create_network(NetworkCreateRequest {
-                name: rendered.network.clone(),
-                labels: Some(rendered.ownership_labels().into_iter().collect()),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        for v in &rendered.volumes {
-            docker
-                .create_volume(VolumeCreateRequest {
-                    name: Some(v.clone()),
-                    labels: Some(rendered.ownership_labels().into_iter().collect()),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-        }
+        create_network_and_volumes(docker, &rendered).await;
         futures::future::join_all(rendered.containers.iter().map(|spec| async {
             let options = CreateContainerOptionsBuilder::default()
                 .name(&spec.name)
@@ -528,6 +516,20 @@ async fn raw_team(
     took
 }
 
+/// `team.delete {purge_data}` of each slug, one after another.
+async fn delete_teams(stack: &Stack, slugs: &[String]) {
+    for slug in slugs {
+        let id = stack
+            .enqueue(
+                PROVISIONING_HIGH,
+                "team.delete",
+                json!({"slug": slug, "purge_data": true}),
+            )
+            .await;
+        stack.wait_completed(&id, Duration::from_secs(120)).await;
+    }
+}
+
 /// The Traefik part of the benchmark (see the module comment).
 async fn through_traefik(rounds: usize, engine: &Engine) {
     let (dir, dynamic) = Traefik::prepare();
@@ -580,16 +582,7 @@ async fn through_traefik(rounds: usize, engine: &Engine) {
             .await,
         );
         raw_without.push(raw_team(engine, &stack.config, &rb, None).await);
-        for slug in [&a, &b] {
-            let id = stack
-                .enqueue(
-                    PROVISIONING_HIGH,
-                    "team.delete",
-                    json!({"slug": slug, "purge_data": true}),
-                )
-                .await;
-            stack.wait_completed(&id, Duration::from_secs(120)).await;
-        }
+        delete_teams(&stack, &[a, b]).await;
     }
     stack.stop().await;
 
@@ -616,16 +609,7 @@ async fn through_traefik(rounds: usize, engine: &Engine) {
         stack.wait_completed(id, Duration::from_secs(300)).await;
     }
     let queued_20 = start.elapsed();
-    for slug in &many {
-        let id = stack
-            .enqueue(
-                PROVISIONING_HIGH,
-                "team.delete",
-                json!({"slug": slug, "purge_data": true}),
-            )
-            .await;
-        stack.wait_completed(&id, Duration::from_secs(120)).await;
-    }
+    delete_teams(&stack, &many).await;
     stack.stop().await;
     let raw_many: Vec<String> = (0..20).map(|i| unique_slug(&format!("btq{i}"))).collect();
     let refs: Vec<&str> = raw_many.iter().map(String::as_str).collect();
