@@ -49,11 +49,12 @@ COPY --from=build /usr/local/bin/orchestrator /usr/local/bin/orchestrator
 COPY queues/ /app/queues/
 COPY templates/ /app/templates/
 COPY coredns/ /app/coredns/
+COPY traefik/dynamic/ /app/traefik/dynamic/
 
 # Folders the worker writes. Created here, owned by the worker's user, because an empty named volume
 # mounted on them is initialised from the image (contents and ownership): that is how the `zones`,
 # `certs` and `orchestrator-state` volumes of docker-compose.yml become writable by a non-root user, and
-# how certs/traefik/ exists before Traefik's file provider (which refuses a missing folder) starts.
+# how the worker (non-root) can write certificates.yml at the volume's root, which Traefik watches.
 RUN mkdir -p /app/coredns/zones /certs/traefik/dynamic /var/lib/orchestrator/acme \
  && chown -R orchestrator:orchestrator /app/coredns/zones /certs /var/lib/orchestrator
 

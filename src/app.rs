@@ -134,6 +134,22 @@ pub async fn start_worker(config: Arc<Config>) -> Result<RunningWorker, StartErr
         http01_addr,
         shutdown.token(),
     ));
+    // The ingress stays attached to every tenant network (docker::ingress), per-team networks only.
+    if config.docker.network_mode != "shared" && !config.docker.ingress_container.is_empty() {
+        let (services, token) = (services.clone(), shutdown.token());
+        tokio::spawn(async move {
+            match crate::docker::Engine::connect(&services.config.docker).await {
+                Ok(engine) => crate::docker::ingress::run(engine, services, token).await,
+                Err(err) => tracing::warn!(error = %err, "not following the ingress: no engine"),
+            }
+        });
+    }
+    // Traefik's folder: the platform's dynamic files, then the document (rewritten, so that Traefik,
+    // which watches the top level only, reloads and reads them); certificate folders are removed
+    // after Traefik's reload grace (acme::storage).
+    let store = acme::storage::CertStore::new(&config.acme, services.redis.clone());
+    publish_traefik_files(&config, &store).await;
+    tokio::spawn(acme::storage::run_sweeper(store, shutdown.token()));
     if config.worker.renewal_scheduler {
         tokio::spawn(acme::renewal::run(services.clone(), shutdown.token()));
     }
@@ -145,6 +161,22 @@ pub async fn start_worker(config: Arc<Config>) -> Result<RunningWorker, StartErr
         metrics_addr,
         handle,
     })
+}
+
+/// Publishes `TRAEFIK_DYNAMIC_DIR` into `CERTS_DIR/traefik/` and rewrites the certificates document.
+/// A failure is logged, not fatal: the worker still provisions (Traefik then lacks the middlewares).
+async fn publish_traefik_files(config: &Config, store: &acme::storage::CertStore) {
+    let source = &config.acme.traefik_dynamic_dir;
+    if source.is_empty() {
+        return;
+    }
+    match acme::storage::publish_platform_files(source.as_ref(), &config.acme.certs_dir) {
+        Ok(count) => info!(count, source, "published Traefik's dynamic files"),
+        Err(err) => tracing::error!(error = %err, "publishing Traefik's dynamic files failed"),
+    }
+    if let Err(err) = store.write_traefik_doc().await {
+        tracing::error!(error = %err, "writing Traefik's certificates document failed");
+    }
 }
 
 /// Every worker keeps this host's zone file in step with Redis; with `--embedded-dns` it also serves

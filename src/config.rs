@@ -88,9 +88,36 @@ pub struct PlatformConfig {
     #[arg(long, env = "TRAEFIK_ENTRYPOINT", default_value = "websecure")]
     pub traefik_entrypoint: String,
 
-    /// Traefik certificate resolver named on the team routers.
+    /// Traefik certificate resolver named on the team routers when `CERT_ISSUER=traefik`.
     #[arg(long, env = "TRAEFIK_CERTRESOLVER", default_value = "letsencrypt")]
     pub traefik_certresolver: String,
+
+    /// Who obtains the team certificates: `orchestrator` (its ACME client; Traefik serves them from
+    /// the file provider and team routers name no resolver) or `traefik` (routers name
+    /// `TRAEFIK_CERTRESOLVER`; the orchestrator orders nothing for teams). One issuer per host.
+    #[arg(long, env = "CERT_ISSUER", default_value = "orchestrator", value_parser = ["orchestrator", "traefik"])]
+    pub cert_issuer: String,
+
+    /// Traefik middlewares attached to every team router (comma-separated, `<name>@<provider>`);
+    /// empty for none. They must exist in Traefik (traefik/dynamic), or the routers are refused.
+    #[arg(
+        long,
+        env = "TRAEFIK_MIDDLEWARES",
+        default_value = "secure-headers@file,rate-limit@file"
+    )]
+    pub traefik_middlewares: String,
+
+    /// HTTPS address of the ingress (e.g. `https://127.0.0.1:443`) a provision probes with the team's
+    /// Host/SNI before it reports `active`; unset: no probe.
+    #[arg(long, env = "INGRESS_PROBE_URL")]
+    pub ingress_probe_url: Option<String>,
+}
+
+impl PlatformConfig {
+    /// Whether Traefik's resolver (not the orchestrator) issues team certificates.
+    pub fn traefik_issues(&self) -> bool {
+        self.cert_issuer == "traefik"
+    }
 }
 
 /// The Docker engine and what team containers look like.
@@ -191,6 +218,16 @@ pub struct AcmeConfig {
     /// Seconds between two passes of the renewal scheduler over the stored certificates.
     #[arg(long, env = "RENEW_CHECK_S", default_value_t = 3600)]
     pub renew_check_s: u64,
+
+    /// Folder of the platform's Traefik dynamic files (middlewares, dashboard router), published into
+    /// `CERTS_DIR/traefik/` at start for Traefik's file provider; empty: publish nothing.
+    #[arg(long, env = "TRAEFIK_DYNAMIC_DIR", default_value = "traefik/dynamic")]
+    pub traefik_dynamic_dir: String,
+
+    /// Seconds a certificate file stays on disk after the file-provider document stopped naming it
+    /// (Traefik reloads after a throttle and may still read the previous document meanwhile).
+    #[arg(long, env = "CERT_REMOVAL_GRACE_S", default_value_t = 10)]
+    pub cert_removal_grace_s: u64,
 
     /// `CERTS_DIR` as Traefik sees it (its mount point), used in the file-provider document;
     /// default: `CERTS_DIR` itself, made absolute.

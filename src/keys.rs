@@ -68,6 +68,9 @@ pub fn certificate(name: &str) -> String {
 
 /// Set of the names of all stored certificates.
 pub const CERTIFICATES: &str = "certs";
+/// Sorted set of certificate folders (relative to `CERTS_DIR`) to remove, scored by when (unix
+/// seconds): removal waits until Traefik can no longer read a document that names them.
+pub const CERTIFICATE_REMOVALS: &str = "certs:removals";
 /// Lease held by the one worker whose renewal scheduler runs (SET NX PX, refreshed).
 pub const RENEWAL_LEASE: &str = "lock:certificate-renewal";
 /// List the renewal scheduler pushes `certificate.renew` tasks onto.

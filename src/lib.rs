@@ -19,6 +19,7 @@
 //! - [`docker`]: the Docker engine wrapper and the team/sandbox provisioning engine.
 //! - [`templates`]: the team/sandbox container templates and their Traefik labels.
 //! - [`ownership`]: who owns a name: tenants' name spaces, the DNS and certificate rules.
+//! - [`traefik`]: the project's Traefik static configuration adapted for a host process (demo, tests).
 //! - [`validate`]: checks of untrusted names before they reach labels, zone files or paths.
 //! - [`keys`]: every Redis key and channel name.
 //! - [`admin`], [`watch`]: what the CLI does for admins (enqueue, cancel, status, dead letters,
@@ -53,6 +54,7 @@ pub mod services;
 pub mod shutdown;
 pub mod task;
 pub mod templates;
+pub mod traefik;
 pub mod validate;
 pub mod watch;
 pub mod worker;

@@ -48,6 +48,33 @@ enum Command {
         /// Stop after the demo task ends instead of serving on.
         #[arg(long)]
         exit: bool,
+        /// Ask for a certificate (`certificate: true`) in the provision payload.
+        #[arg(long)]
+        certificate: bool,
+        /// HTTPS port of the ingress the demo team is served on (printed in the curl command).
+        #[arg(long, default_value_t = 443)]
+        https_port: u16,
+        /// PEM root a client trusts for the team's certificate (printed in the curl command).
+        #[arg(long)]
+        ca_file: Option<std::path::PathBuf>,
+    },
+    /// Print traefik/traefik.yml adapted for a Traefik host process (ports, folders).
+    TraefikConfig {
+        /// The static configuration to adapt.
+        #[arg(long, default_value = "traefik/traefik.yml")]
+        source: std::path::PathBuf,
+        #[arg(long, default_value_t = 8000)]
+        web_port: u16,
+        #[arg(long, default_value_t = 8443)]
+        websecure_port: u16,
+        #[arg(long, default_value_t = 8088)]
+        traefik_port: u16,
+        /// The file provider's folder.
+        #[arg(long)]
+        dynamic_dir: std::path::PathBuf,
+        /// Traefik's own ACME storage file.
+        #[arg(long)]
+        acme_storage: std::path::PathBuf,
     },
     /// Enqueue a task like the portal does; prints its id.
     Enqueue {
@@ -183,7 +210,41 @@ async fn main() -> Result<()> {
             slug,
             task_type,
             exit,
-        } => demo(config, slug, task_type, exit).await,
+            certificate,
+            https_port,
+            ca_file,
+        } => {
+            let options = DemoOptions {
+                certificate,
+                https_port,
+                ca_file,
+            };
+            demo(config, slug, task_type, exit, options).await
+        }
+        Command::TraefikConfig {
+            source,
+            web_port,
+            websecure_port,
+            traefik_port,
+            dynamic_dir,
+            acme_storage,
+        } => {
+            let text = std::fs::read_to_string(&source)
+                .with_context(|| format!("reading {}", source.display()))?;
+            let layout = orchestrator::traefik::HostLayout {
+                web_port,
+                websecure_port,
+                traefik_port,
+                dynamic_dir: std::path::absolute(&dynamic_dir)?,
+                acme_storage: std::path::absolute(&acme_storage)?,
+                ca_server: None,
+            };
+            print!(
+                "{}",
+                orchestrator::traefik::adapt_static_config(&text, &layout)?
+            );
+            Ok(())
+        }
         Command::Enqueue {
             task_type,
             payload,
@@ -316,14 +377,27 @@ async fn watch_task(config: &Config, id: String) -> Result<()> {
     }
 }
 
-async fn demo(config: Arc<Config>, slug: String, task_type: String, exit: bool) -> Result<()> {
+/// What the demo asks for and how it tells the user to reach the team.
+struct DemoOptions {
+    certificate: bool,
+    https_port: u16,
+    ca_file: Option<std::path::PathBuf>,
+}
+
+async fn demo(
+    config: Arc<Config>,
+    slug: String,
+    task_type: String,
+    exit: bool,
+    options: DemoOptions,
+) -> Result<()> {
     let running = app::start_worker(config.clone()).await?;
     let definitions = Definitions::load(&config.queues.queues_dir)?;
     let pool = connections::pool(&config.redis.redis_url, 2)?;
     let payload = if task_type == "system.ping" {
         serde_json::json!({ "delay_ms": 500 })
     } else {
-        serde_json::json!({ "slug": slug })
+        serde_json::json!({ "slug": slug, "certificate": options.certificate })
     };
     let id = admin::enqueue(
         &pool,
@@ -341,6 +415,16 @@ async fn demo(config: Arc<Config>, slug: String, task_type: String, exit: bool) 
     .await?;
     println!("enqueued {task_type} for {slug} as task {id}");
     let outcome = watch_task(&config, id).await;
+    if outcome.is_ok() && task_type == "team.provision" {
+        let host = format!("{slug}.{}", config.platform.domain.trim_end_matches('.'));
+        let port = options.https_port;
+        let cacert = match &options.ca_file {
+            Some(path) => format!("--cacert {} ", path.display()),
+            None => "-k ".into(),
+        };
+        println!("team {slug} is served at https://{host}:{port}/ ; try:");
+        println!("  curl {cacert}--resolve {host}:{port}:127.0.0.1 https://{host}:{port}/");
+    }
     if exit {
         running.stop().await;
         return outcome;
@@ -348,10 +432,7 @@ async fn demo(config: Arc<Config>, slug: String, task_type: String, exit: bool) 
     if let Err(err) = &outcome {
         eprintln!("demo task did not complete: {err:#}");
     } else {
-        println!(
-            "team {slug} is at https://{slug}.{} (worker keeps serving; Ctrl-C stops it)",
-            config.platform.domain
-        );
+        println!("worker keeps serving; Ctrl-C stops it");
     }
     running.shutdown.on_signals();
     running.handle.await.context("worker task panicked")?;

@@ -110,8 +110,11 @@ pub struct Values {
     pub host: String,
     /// Traefik entrypoint.
     pub entrypoint: String,
-    /// Traefik certificate resolver.
+    /// Traefik certificate resolver: empty unless Traefik issues the certificates
+    /// (`CERT_ISSUER=traefik`), so that each host has one issuer.
     pub certresolver: String,
+    /// Traefik middlewares of the team routers (`TRAEFIK_MIDDLEWARES`), possibly empty.
+    pub middlewares: String,
     /// Network the containers join (and Traefik uses to reach them).
     pub network: String,
     /// Images by role (`api`, `web`), from configuration.
@@ -132,7 +135,12 @@ impl Values {
             host: format!("{slug}.{domain}"),
             domain,
             entrypoint: config.platform.traefik_entrypoint.clone(),
-            certresolver: config.platform.traefik_certresolver.clone(),
+            certresolver: if config.platform.traefik_issues() {
+                config.platform.traefik_certresolver.clone()
+            } else {
+                String::new()
+            },
+            middlewares: config.platform.traefik_middlewares.trim().to_string(),
             network: network_name(config, kind, slug),
             images,
         }
@@ -473,7 +481,12 @@ fn service_spec(
         if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(format!("label key {key:?} is not valid"));
         }
-        labels.insert(key.clone(), value.text());
+        // A label whose value renders empty is left out: that is how a template says "only when
+        // configured" (no `tls.certresolver` when the orchestrator issues, no middlewares when none).
+        let text = value.text();
+        if !text.is_empty() {
+            labels.insert(key.clone(), text);
+        }
     }
     if labels.get("traefik.enable").map(String::as_str) == Some("true") {
         labels.insert("traefik.docker.network".into(), values.network.clone());
@@ -676,6 +689,7 @@ mod tests {
             host: "acme.kanban.domain".into(),
             entrypoint: "websecure".into(),
             certresolver: "letsencrypt".into(),
+            middlewares: "secure-headers@file,rate-limit@file".into(),
             network: "team-acme-net".into(),
             images,
         }
@@ -735,6 +749,39 @@ mod tests {
             .unwrap();
         assert!(api_prio > web_prio);
         assert_eq!(r.hash.len(), 16);
+        assert_eq!(l["traefik.http.routers.team-acme-api.tls"], "true");
+        assert_eq!(
+            l["traefik.http.routers.team-acme-api.middlewares"],
+            "secure-headers@file,rate-limit@file"
+        );
+    }
+
+    #[test]
+    fn one_issuer_per_host_no_resolver_when_the_orchestrator_issues() {
+        let mut v = values();
+        v.certresolver = String::new();
+        v.middlewares = String::new();
+        let r = render_source(
+            Path::new("team.yml"),
+            &team_template(),
+            Kind::Team,
+            &v,
+            true,
+        )
+        .unwrap();
+        for c in &r.containers {
+            assert!(
+                !c.labels
+                    .keys()
+                    .any(|k| k.ends_with(".tls.certresolver") || k.ends_with(".middlewares")),
+                "{:?}",
+                c.labels
+            );
+            assert_eq!(
+                c.labels[&format!("traefik.http.routers.{}.tls", c.name)],
+                "true"
+            );
+        }
     }
 
     #[test]

@@ -120,7 +120,7 @@ fn openssl_verify(root: &std::path::Path, chain: &std::path::Path) -> (bool, Str
 
 /// The `certFile`s Traefik's document lists.
 fn traefik_cert_files(stack: &Stack) -> Vec<String> {
-    let path = stack.certs_dir().join("traefik/certificates.yml");
+    let path = stack.certs_dir().join("certificates.yml");
     let text = std::fs::read_to_string(&path).unwrap_or_default();
     let doc: Value = serde_yaml_ng::from_str(&text).unwrap_or(Value::Null);
     doc["tls"]["certificates"]
@@ -216,7 +216,20 @@ async fn a_team_goes_from_provision_to_delete_through_the_queue() {
     for spec in &rendered.containers {
         let c = inspect(&spec.name);
         assert_eq!(c["State"]["Running"], true, "{}", spec.name);
-        assert_eq!(c["State"]["Health"]["Status"], "healthy", "{}", spec.name);
+        // Ready means answering (probed directly, faster than Docker's healthcheck interval): the
+        // health status may still say "starting", never "unhealthy".
+        assert_ne!(c["State"]["Health"]["Status"], "unhealthy", "{}", spec.name);
+        let (port, path) = if spec.service == "api" {
+            (8000, "/api/health")
+        } else {
+            (80, "/")
+        };
+        let ip = common::docker::ip_on(&spec.name, &format!("team-{slug}-net"));
+        assert!(
+            common::docker::http_get(&format!("{ip}:{port}"), path).is_some(),
+            "{} does not answer at {ip}:{port}{path}",
+            spec.name
+        );
         let labels: BTreeMap<String, String> =
             serde_json::from_value(c["Config"]["Labels"].clone()).unwrap();
         let wanted = rendered.labels_of(spec);
@@ -396,7 +409,17 @@ async fn a_team_goes_from_provision_to_delete_through_the_queue() {
     );
     assert_eq!(last["metadata"]["network_removed"], true);
     // The certificate is no longer stored, served, or known to Redis.
-    assert!(!stack.certs_dir().join(&cert_name).exists());
+    // Its folder goes once Traefik's reload grace has passed (one second in this stack).
+    let folder = stack.certs_dir().join(&cert_name);
+    common::eventually(
+        "the certificate folder to be removed after the grace",
+        Duration::from_secs(10),
+        || {
+            let gone = !folder.exists();
+            async move { gone.then_some(()) }
+        },
+    )
+    .await;
     let listed = traefik_cert_files(&stack);
     assert!(
         !listed.iter().any(|f| f.contains(&cert_name)),

@@ -393,7 +393,13 @@ fn compose_wires_the_stack() {
 
     // traefik: v3, the ingress container name the orchestrator uses, ping healthcheck.
     let image = traefik["image"].as_str().unwrap();
-    assert!(image.starts_with("traefik:v3"), "{image}");
+    assert!(image.starts_with("${TRAEFIK_IMAGE:-traefik:v3"), "{image}");
+    // Found by label as well as by name (a recreated container keeps it).
+    assert!(
+        format!("{:?}", traefik["labels"]).contains("orchestrator.role=ingress"),
+        "{:?}",
+        traefik["labels"]
+    );
     assert_eq!(
         traefik["container_name"].as_str(),
         Some(env_of(orch, "INGRESS_CONTAINER"))
@@ -465,18 +471,24 @@ fn compose_wires_the_stack() {
         "the non-root worker needs the socket's group"
     );
 
-    // Traefik sees the certificates at the same path, read-only, and watches CERTS_DIR/traefik.
+    // Traefik sees the certificates volume read-only at TRAEFIK_CERTS_DIR (the same path as the
+    // worker's CERTS_DIR) and its file provider watches that folder's top level, where the worker
+    // writes certificates.yml; the platform's dynamic files are published there by the worker
+    // (TRAEFIK_DYNAMIC_DIR, shipped in the image). No mount point lies inside a read-only mount, so
+    // Traefik starts from an empty volume (tests/traefik.rs runs it).
     let tm = mounts(traefik);
+    let seen = env_of(orch, "TRAEFIK_CERTS_DIR");
+    assert_eq!(seen, certs_dir);
     assert!(
         tm.iter()
-            .any(|(s, t, ro)| s == &certs_vol.0 && t == certs_dir && *ro),
-        "traefik must mount volume {} at {certs_dir} read-only: {tm:?}",
+            .any(|(s, t, ro)| s == &certs_vol.0 && t == seen && *ro),
+        "traefik must mount volume {} at {seen} read-only: {tm:?}",
         certs_vol.0
     );
     let static_cfg = yaml(&read("traefik/traefik.yml"), "traefik/traefik.yml");
     assert_eq!(
         static_cfg["providers"]["file"]["directory"].as_str(),
-        Some(format!("{certs_dir}/traefik").as_str()),
+        Some(seen),
         "the file provider must watch the folder the orchestrator writes certificates.yml to"
     );
     assert!(
@@ -485,11 +497,24 @@ fn compose_wires_the_stack() {
             && *ro),
         "static configuration mount: {tm:?}"
     );
+    assert_eq!(env_of(orch, "TRAEFIK_DYNAMIC_DIR"), "/app/traefik/dynamic");
     assert!(
-        tm.iter()
-            .any(|(s, t, _)| s == "./traefik/dynamic"
-                && t.starts_with(&format!("{certs_dir}/traefik/"))),
-        "traefik/dynamic must be a sub-folder of the watched folder: {tm:?}"
+        read("Dockerfile").contains("COPY traefik/dynamic/ /app/traefik/dynamic/"),
+        "the image must ship traefik/dynamic"
+    );
+    for (_, outer, ro) in &tm {
+        for (_, inner, _) in &tm {
+            assert!(
+                !(*ro && inner.starts_with(&format!("{outer}/"))),
+                "{inner} is mounted inside the read-only mount {outer}: it cannot be created in an empty volume"
+            );
+        }
+    }
+    // One CA for both issuers: Traefik's resolver and the orchestrator's default directory.
+    assert_eq!(
+        static_cfg["certificatesResolvers"]["letsencrypt"]["acme"]["caServer"].as_str(),
+        Some(setting_default("ACME_DIRECTORY").as_str()),
+        "Traefik's resolver and ACME_DIRECTORY must name the same CA"
     );
 
     // coredns: the dns profile, folders only, zones where the Corefile reads them.

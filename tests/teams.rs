@@ -62,9 +62,13 @@ async fn two_teams_get_labelled_limited_isolated_containers_and_converge() {
         labels[format!("traefik.http.routers.{r}.entrypoints")],
         "websecure"
     );
+    // One issuer per host: the orchestrator issues (CERT_ISSUER default), so no resolver; TLS on,
+    // HSTS and rate limit attached.
+    assert!(labels[format!("traefik.http.routers.{r}.tls.certresolver")].is_null());
+    assert_eq!(labels[format!("traefik.http.routers.{r}.tls")], "true");
     assert_eq!(
-        labels[format!("traefik.http.routers.{r}.tls.certresolver")],
-        "letsencrypt"
+        labels[format!("traefik.http.routers.{r}.middlewares")],
+        "secure-headers@file,rate-limit@file"
     );
     assert_eq!(labels[format!("traefik.http.routers.{r}.priority")], "200");
     assert_eq!(
@@ -95,7 +99,10 @@ async fn two_teams_get_labelled_limited_isolated_containers_and_converge() {
         web["Config"]["Labels"][format!("traefik.http.routers.{w}.priority")],
         "100"
     );
-    assert_eq!(web["State"]["Health"]["Status"], "healthy");
+    // Ready is probed directly (faster than the healthcheck interval): never unhealthy, answering.
+    assert_ne!(web["State"]["Health"]["Status"], "unhealthy");
+    let ip = common::docker::ip_on(&w, &format!("team-{a}-net"));
+    assert!(common::docker::http_get(&format!("{ip}:80"), "/").is_some());
     assert_eq!(networks_of(&a), vec![format!("team-{a}-net")]);
     assert_eq!(volumes_of(&a), vec![format!("team-{a}-data")]);
 
@@ -601,7 +608,12 @@ fn slow_health_services(
     let team = std::fs::read_to_string(common::docker::root().join("templates/team.yml")).unwrap();
     std::fs::write(
         dir.path().join("team.yml"),
-        team.replace("interval: 1s", "interval: 5s"),
+        // A shell healthcheck names no URL the worker could ask directly: Docker's health status
+        // (every 5 s) alone decides readiness, leaving time to act while the provision waits.
+        team.replace("interval: 1s", "interval: 5s").replace(
+            r#"test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:80/"]"#,
+            r#"test: ["CMD-SHELL", "wget -q -O /dev/null http://127.0.0.1:80/"]"#,
+        ),
     )
     .unwrap();
     let path = dir.path().display().to_string();

@@ -7,10 +7,23 @@
 //!   that changes with every issuance. The Traefik document points at these, because Traefik skips a
 //!   configuration identical to the one it runs: with fixed paths a renewal would go unnoticed until
 //!   a restart. The document only ever names complete pairs.
-//! - `traefik/certificates.yml`: `tls.certificates` (certFile/keyFile) of every valid certificate,
-//!   rebuilt from Redis on each change so that any worker rewriting it converges to the same content.
+//! - `certificates.yml`: `tls.certificates` (certFile/keyFile) of every valid certificate, rebuilt
+//!   from Redis on each change so that any worker rewriting it converges to the same content. It sits
+//!   at the top level because Traefik's file provider watches only the top level of its folder (the
+//!   `certs` volume's root, which exists even when the volume is empty); sub-folders are read at each
+//!   reload.
+//! - `traefik/*.yml`: the platform's dynamic files (`TRAEFIK_DYNAMIC_DIR`: middlewares, dashboard
+//!   router), published here by every worker at start ([`publish_platform_files`]) so that Traefik
+//!   needs no mount inside the volume.
 //!
 //! Every file is written to a temporary name in its folder, synced, then renamed over the old one.
+//!
+//! Files are never removed while a document Traefik may still read names them: Traefik reloads the
+//! file provider after a throttle, so a reload can read the previous document after the new one is in
+//! place. A folder to remove (an old serial, a deleted or revoked certificate) is recorded in
+//! `certs:removals` with a due time `CERT_REMOVAL_GRACE_S` after the document without it was written;
+//! [`CertStore::sweep`] (run periodically by every worker) removes due folders that no valid
+//! certificate references any more.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -31,7 +44,7 @@ use crate::task::TaskError;
 pub const STATUS_VALID: &str = "valid";
 /// Status of a certificate revoked at the CA (its files are gone, its metadata kept).
 pub const STATUS_REVOKED: &str = "revoked";
-/// Folder (under `certs_dir`) of Traefik's document; no certificate may take this name.
+/// Folder (under `certs_dir`) of the platform's dynamic files; no certificate may take this name.
 pub const TRAEFIK_DIR: &str = "traefik";
 /// File name of Traefik's document.
 pub const TRAEFIK_DOC: &str = "certificates.yml";
@@ -190,6 +203,8 @@ pub struct CertStore {
     /// `certs_dir` as Traefik sees it.
     traefik_certs_dir: PathBuf,
     redis: deadpool_redis::Pool,
+    /// How long a folder stays after the document stopped naming it.
+    removal_grace: std::time::Duration,
 }
 
 impl CertStore {
@@ -203,6 +218,7 @@ impl CertStore {
             certs_dir,
             traefik_certs_dir,
             redis,
+            removal_grace: std::time::Duration::from_secs(config.cert_removal_grace_s),
         }
     }
 
@@ -216,9 +232,9 @@ impl CertStore {
         self.certs_dir.join(name).join("privkey.pem")
     }
 
-    /// Path of Traefik's file-provider document.
+    /// Path of Traefik's file-provider document (top level of `certs_dir`, see the module comment).
     pub fn traefik_doc_path(&self) -> PathBuf {
-        self.certs_dir.join(TRAEFIK_DIR).join(TRAEFIK_DOC)
+        self.certs_dir.join(TRAEFIK_DOC)
     }
 
     /// Stores a freshly issued certificate under `name`: files, metadata, Traefik document.
@@ -253,7 +269,9 @@ impl CertStore {
         };
         self.put(&record).await?;
         self.write_traefik_doc().await?;
-        prune_versions(&dir, &leaf.serial);
+        for old in other_versions(&dir, &leaf.serial) {
+            self.schedule_removal(&format!("{name}/{old}")).await?;
+        }
         Ok(record)
     }
 
@@ -315,12 +333,7 @@ impl CertStore {
         record.updated_at = crate::progress::now();
         self.put(&record).await?;
         self.write_traefik_doc().await?;
-        let dir = self.certs_dir.join(name);
-        if let Err(e) = std::fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(AcmeError::file(&dir, e).into());
-        }
+        self.schedule_removal(name).await?;
         Ok(Some(record))
     }
 
@@ -339,15 +352,73 @@ impl CertStore {
                 .query_async(&mut *conn)
                 .await?;
         }
-        // Traefik stops being pointed at the files before they disappear.
+        // Traefik stops being pointed at the files before they disappear, and they disappear only
+        // after its reload had time to read the new document (see the module comment).
         self.write_traefik_doc().await?;
-        let dir = self.certs_dir.join(name);
-        if let Err(e) = std::fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(AcmeError::file(&dir, e).into());
-        }
+        self.schedule_removal(name).await?;
         Ok(record)
+    }
+
+    /// Records `relative` (`<name>` or `<name>/<serial>`, under `certs_dir`) for removal once the
+    /// grace has passed; with no grace, sweeps at once.
+    async fn schedule_removal(&self, relative: &str) -> Result<(), TaskError> {
+        let due = Utc::now().timestamp() as f64 + self.removal_grace.as_secs_f64();
+        {
+            let mut conn = self.redis.get().await?;
+            let _: () = conn.zadd(keys::CERTIFICATE_REMOVALS, relative, due).await?;
+        }
+        if self.removal_grace.is_zero() {
+            self.sweep().await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the recorded folders whose grace has passed and that no valid certificate references
+    /// (a name issued again meanwhile keeps its folder; only its other serials go). Returns how many
+    /// folders were removed.
+    pub async fn sweep(&self) -> Result<usize, TaskError> {
+        let now = Utc::now().timestamp() as f64;
+        let due: Vec<String> = {
+            let mut conn = self.redis.get().await?;
+            conn.zrangebyscore(keys::CERTIFICATE_REMOVALS, f64::NEG_INFINITY, now)
+                .await?
+        };
+        let mut removed = 0;
+        for relative in due {
+            let mut parts = relative.split('/');
+            let (Some(name), serial, None) = (parts.next(), parts.next(), parts.next()) else {
+                self.forget_removal(&relative).await?;
+                continue;
+            };
+            // Only names this store writes (a DNS label, a hex serial): never `..` or another path.
+            let safe = crate::validate::slug(name).is_ok()
+                && name != TRAEFIK_DIR
+                && serial.is_none_or(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !safe {
+                self.forget_removal(&relative).await?;
+                continue;
+            }
+            let referenced = match self.get(name).await? {
+                Some(r) if r.status == STATUS_VALID => serial.is_none_or(|s| s == r.serial),
+                _ => false,
+            };
+            if !referenced {
+                let path = self.certs_dir.join(&relative);
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(AcmeError::file(&path, e).into()),
+                }
+            }
+            self.forget_removal(&relative).await?;
+        }
+        Ok(removed)
+    }
+
+    async fn forget_removal(&self, relative: &str) -> Result<(), TaskError> {
+        let mut conn = self.redis.get().await?;
+        let _: () = conn.zrem(keys::CERTIFICATE_REMOVALS, relative).await?;
+        Ok(())
     }
 
     /// Rebuilds Traefik's document from every valid stored certificate whose files exist.
@@ -396,20 +467,59 @@ impl CertStore {
     }
 }
 
-/// Removes version folders of a certificate other than `keep` (after Traefik moved on).
-fn prune_versions(dir: &Path, keep: &str) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+/// Copies the `*.yml` files of `source` (the platform's dynamic configuration) into
+/// `certs_dir/traefik/` and removes the ones `source` no longer has. Returns how many it wrote.
+pub fn publish_platform_files(source: &Path, certs_dir: &Path) -> Result<usize, AcmeError> {
+    let target = certs_dir.join(TRAEFIK_DIR);
+    let is_yaml = |p: &Path| {
+        p.extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e == "yml" || e == "yaml")
     };
+    let mut names = Vec::new();
+    let entries = std::fs::read_dir(source).map_err(|e| AcmeError::file(source, e))?;
     for entry in entries.flatten() {
         let path = entry.path();
-        let is_version = path.is_dir()
-            && entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n != keep && n.bytes().all(|b| b.is_ascii_hexdigit()));
-        if is_version {
-            let _ = std::fs::remove_dir_all(&path);
+        if !path.is_file() || !is_yaml(&path) {
+            continue;
+        }
+        let body = std::fs::read(&path).map_err(|e| AcmeError::file(&path, e))?;
+        write_atomic(&target.join(entry.file_name()), &body, 0o644)?;
+        names.push(entry.file_name());
+    }
+    if let Ok(existing) = std::fs::read_dir(&target) {
+        for entry in existing.flatten() {
+            if is_yaml(&entry.path()) && !names.contains(&entry.file_name()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    Ok(names.len())
+}
+
+/// Version folders (serials) of a certificate other than `keep`.
+fn other_versions(dir: &Path, keep: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| entry.path().is_dir())
+        .filter_map(|entry| entry.file_name().to_str().map(str::to_string))
+        .filter(|n| n != keep && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect()
+}
+
+/// Sweeps due certificate folders every second until `stop` fires (every worker runs one; they
+/// race harmlessly, a folder already gone is fine).
+pub async fn run_sweeper(store: CertStore, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        if let Err(err) = store.sweep().await {
+            tracing::warn!(error = %err, "sweeping removed certificate folders failed; will retry");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
     }
 }

@@ -10,8 +10,10 @@
 
 pub mod containers;
 pub mod journal;
+pub mod ingress;
 pub mod networks;
 pub mod provision;
+pub mod readiness;
 pub mod teams;
 
 use std::collections::HashMap;

@@ -1,6 +1,12 @@
 //! Networks: each tenant's own bridge (or the shared platform network), and the ingress container's
 //! connection to it.
 //!
+//! Ingress attachment is state that converges, not a side effect of provisioning: the ingress is
+//! found by name (`INGRESS_CONTAINER`) and by label (`orchestrator.role=ingress`), and
+//! [`Engine::attach_ingress_everywhere`] connects every ingress to every tenant network. It runs when a
+//! worker starts, whenever an ingress container starts (see [`super::ingress`]), and in `reconcile`,
+//! so a recreated Traefik container (attached to its compose networks only) serves every team again.
+//!
 //! The engine does not refuse a second network with an existing name, and its `name` filter matches
 //! substrings, so creation is serialised inside this process and names are compared exactly; when
 //! two processes still race, the oldest network of the name wins and the extra one is removed.
@@ -8,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bollard::models::{NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest};
-use bollard::query_parameters::ListNetworksOptionsBuilder;
+use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
 use tokio::sync::Mutex;
 
 use super::{DockerError, Engine, is_conflict, is_not_found, owned_by_us, plain};
@@ -125,8 +131,16 @@ impl Engine {
         if !network.owned {
             return Ok(false);
         }
-        if !ingress.is_empty() && network.containers.iter().any(|c| c == ingress) {
-            self.disconnect(name, ingress).await?;
+        // Every ingress attached to it (by name, or by label even when this worker has none
+        // configured): a network with endpoints cannot go.
+        let mut ingresses = self.labelled_ingresses().await?;
+        if !ingress.is_empty() {
+            ingresses.push(ingress.to_string());
+        }
+        for attached in ingresses {
+            if network.containers.contains(&attached) {
+                self.disconnect(name, &attached).await?;
+            }
         }
         match self.client().remove_network(&network.id).await {
             Ok(()) => Ok(true),
@@ -193,5 +207,108 @@ impl Engine {
                 e,
             )),
         }
+    }
+
+    /// Names of the containers labelled `orchestrator.role=ingress`, running or not.
+    async fn labelled_ingresses(&self) -> Result<Vec<String>, DockerError> {
+        let label = format!(
+            "{}={}",
+            crate::traefik::LABEL_ROLE,
+            crate::traefik::ROLE_INGRESS
+        );
+        let mut filters = HashMap::new();
+        filters.insert("label", vec![label.as_str()]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        Ok(self
+            .client()
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| DockerError::engine("listing ingress containers", e))?
+            .into_iter()
+            .filter_map(|c| c.names.and_then(|n| n.into_iter().next()))
+            .map(|n| n.trim_start_matches('/').to_string())
+            .collect())
+    }
+
+    /// Names of the ingress containers: the one named `name` (if it exists) and every container
+    /// labelled `orchestrator.role=ingress`, sorted. `name` empty means no ingress at all (the label
+    /// is not looked at either): setups without an ingress never attach someone else's.
+    pub async fn ingress_containers(&self, name: &str) -> Result<Vec<String>, DockerError> {
+        if name.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut names = self.labelled_ingresses().await?;
+        match self.client().inspect_container(name, None).await {
+            Ok(_) => names.push(name.to_string()),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(DockerError::engine(format!("inspecting {name}"), e)),
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// Connects every ingress to `network`. A configured `INGRESS_CONTAINER` that does not exist is
+    /// an error (teams would not be reachable). Returns whether anything was connected.
+    pub async fn attach_ingress(&self, network: &str, name: &str) -> Result<bool, DockerError> {
+        let ingresses = self.ingress_containers(name).await?;
+        if !name.is_empty() && !ingresses.iter().any(|i| i == name) {
+            return Err(DockerError::Conflict(format!(
+                "ingress container {name} not found (set INGRESS_CONTAINER to its name, or empty for none)"
+            )));
+        }
+        let mut changed = false;
+        for ingress in &ingresses {
+            changed |= self.connect_to_network(network, ingress).await?;
+        }
+        Ok(changed)
+    }
+
+    /// `(ingress, network)` pairs where an ingress is not attached to one of `networks` (the tenant
+    /// networks this deployment records; a network that does not exist is skipped).
+    pub async fn ingress_drift(
+        &self,
+        name: &str,
+        networks: &[String],
+    ) -> Result<Vec<(String, String)>, DockerError> {
+        let ingresses = self.ingress_containers(name).await?;
+        let mut missing = Vec::new();
+        if ingresses.is_empty() {
+            return Ok(missing);
+        }
+        for network in networks {
+            let Some(network) = self.find_network(network).await? else {
+                continue;
+            };
+            for ingress in &ingresses {
+                if !network.containers.contains(ingress) {
+                    missing.push((ingress.clone(), network.name.clone()));
+                }
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Connects every ingress to every tenant network it is missing from; returns what it connected.
+    pub async fn attach_ingress_everywhere(
+        &self,
+        name: &str,
+        networks: &[String],
+    ) -> Result<Vec<(String, String)>, DockerError> {
+        let mut connected = Vec::new();
+        for (ingress, network) in self.ingress_drift(name, networks).await? {
+            match self.connect_to_network(&network, &ingress).await {
+                Ok(true) => connected.push((ingress, network)),
+                Ok(false) => {}
+                // The network went away meanwhile (a team deleted): nothing to attach.
+                Err(DockerError::Engine { .. }) if self.find_network(&network).await?.is_none() => {
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(connected)
     }
 }

@@ -320,7 +320,7 @@ pub async fn provision(
         claimed: claim.is_some(),
         recorded: !prior.is_empty(),
     };
-    let outcome = converge(
+    let outcome = converge_with_certificate(
         engine, services, progress, &rendered, options, fresh, &journal,
     )
     .await;
@@ -437,6 +437,62 @@ async fn claim_space(
     Ok(())
 }
 
+/// The certificate order of a provision, started with the containers (it needs none of them: DNS-01
+/// only needs the zone), awaited at the certificate step.
+type CertificateOrder = tokio::sync::oneshot::Receiver<Result<Value, TaskError>>;
+
+/// [`converge`] with the certificate order running alongside; a failure of the containers drops
+/// the order (its drop guards withdraw the challenge records).
+async fn converge_with_certificate(
+    engine: &Engine,
+    services: &Services,
+    progress: &dyn Progress,
+    rendered: &Rendered,
+    options: &ProvisionOptions,
+    fresh: Fresh,
+    journal: &Journal,
+) -> Result<Value, TaskError> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let config = &services.config;
+    let order = async {
+        let result = match progress.context() {
+            // With CERT_ISSUER=traefik the team routers name Traefik's resolver: one issuer per host.
+            _ if config.platform.traefik_issues() => Ok(json!({
+                "issuer": "traefik",
+                "resolver": config.platform.traefik_certresolver,
+            })),
+            Some(ctx) if options.certificate => {
+                let name = rendered.kind.prefix(&rendered.slug);
+                // Journaled before it is ordered: a failed run removes only a certificate it made.
+                let journaled = match services.certificates.has_certificate(&name).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => journal.record(EntryKind::Certificate, &name).await,
+                    Err(e) => Err(e),
+                };
+                match journaled {
+                    Ok(()) => {
+                        services
+                            .certificates
+                            .ensure_certificate(ctx, &name, &[host(config, &rendered.slug)])
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            _ => Ok(Value::Null),
+        };
+        let _ = sender.send(result);
+    };
+    let converge = std::pin::pin!(converge(
+        engine, services, progress, rendered, options, fresh, journal, receiver
+    ));
+    match futures::future::select(converge, std::pin::pin!(order)).await {
+        futures::future::Either::Left((result, _order)) => result,
+        futures::future::Either::Right(((), converge)) => converge.await,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn converge(
     engine: &Engine,
     services: &Services,
@@ -445,6 +501,7 @@ async fn converge(
     options: &ProvisionOptions,
     fresh: Fresh,
     journal: &Journal,
+    certificate_order: CertificateOrder,
 ) -> Result<Value, TaskError> {
     let config = &services.config;
     let kind = rendered.kind;
@@ -475,12 +532,9 @@ async fn converge(
             .await?;
     }
     changed |= engine.ensure_network(&rendered.network, &labels).await?;
-    let ingress = config.docker.ingress_container.as_str();
-    if !ingress.is_empty() {
-        changed |= engine
-            .connect_to_network(&rendered.network, ingress)
-            .await?;
-    }
+    changed |= engine
+        .attach_ingress(&rendered.network, &config.docker.ingress_container)
+        .await?;
 
     progress.step("Checking images").await?;
     let mut images: Vec<&str> = rendered
@@ -558,9 +612,7 @@ async fn converge(
         .step("Waiting for containers to become healthy")
         .await?;
     let timeout = Duration::from_secs(config.docker.health_timeout_s.max(1));
-    engine
-        .wait_healthy(&ids, timeout, progress.cancellation())
-        .await?;
+    super::readiness::wait_ready(engine, rendered, &ids, timeout, progress.cancellation()).await?;
 
     progress.step("Registering DNS name").await?;
     if !services.names.has_name(slug).await? {
@@ -572,19 +624,33 @@ async fn converge(
     let mut certificate = Value::Null;
     if options.certificate {
         progress.step("Obtaining certificate").await?;
-        if let Some(ctx) = progress.context() {
-            let name = kind.prefix(slug);
-            if !services.certificates.has_certificate(&name).await? {
-                journal.record(EntryKind::Certificate, &name).await?;
-            }
-            certificate = services
-                .certificates
-                .ensure_certificate(ctx, &name, &[host(config, slug)])
-                .await?;
-        }
+        // Ordered since the start of the run (see `converge_with_certificate`).
+        certificate = certificate_order.await.map_err(|_| {
+            TaskError::Retryable("the certificate order stopped without an outcome".into())
+        })??;
     }
 
     progress.step("Recording state").await?;
+    // "active" means reachable: the team answers through the ingress at its host.
+    if let Some(url) = config.platform.ingress_probe_url.as_deref() {
+        let host = host(config, slug);
+        let serial = certificate["serial"].as_str();
+        let took = super::readiness::probe_ingress(
+            url,
+            rendered,
+            &host,
+            serial,
+            timeout,
+            progress.cancellation(),
+        )
+        .await?;
+        progress
+            .note(&format!(
+                "{host} answers through the ingress ({} ms)",
+                took.as_millis()
+            ))
+            .await?;
+    }
     let container_ids: BTreeMap<String, String> = ids
         .iter()
         .map(|(id, name)| (name.clone(), id.clone()))
@@ -795,6 +861,15 @@ pub async fn lifecycle(
             .wait_healthy(&ids, timeout, progress.cancellation())
             .await
             .map_err(TaskError::from)?;
+        // "active" means reachable (INGRESS_PROBE_URL).
+        super::readiness::probe_tenant(
+            &services.config,
+            kind,
+            slug,
+            timeout,
+            progress.cancellation(),
+        )
+        .await?;
         "active"
     };
     progress.step("Recording state").await?;

@@ -233,6 +233,9 @@ pub async fn reconcile(
     }
     let rows = list(engine, services).await?;
     report.checked = rows.len();
+    report
+        .drift
+        .extend(reconcile_ingress(engine, services, fix).await?);
     for row in rows {
         let (problem, action) = match row.status.as_str() {
             "unrecorded" => (
@@ -284,6 +287,65 @@ pub async fn reconcile(
         report.drift.push(drift);
     }
     Ok(report)
+}
+
+/// The own networks of every tenant Redis records (none in `shared` network mode).
+pub async fn recorded_networks(services: &Services) -> Result<Vec<String>, TaskError> {
+    let mut networks = Vec::new();
+    if services.config.docker.network_mode == "shared" {
+        return Ok(networks);
+    }
+    let mut conn = services.redis.get().await?;
+    for kind in [Kind::Team, Kind::Sandbox] {
+        let slugs: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(set_key(kind))
+            .query_async(&mut *conn)
+            .await?;
+        for slug in slugs {
+            networks.push(templates::network_name(&services.config, kind, &slug));
+        }
+    }
+    networks.sort();
+    Ok(networks)
+}
+
+/// The ingress part of [`reconcile`]: every ingress must be on every tenant network (a recreated
+/// Traefik container is not). With `fix`, attaches it; touches nothing else.
+pub async fn reconcile_ingress(
+    engine: &Engine,
+    services: &Services,
+    fix: bool,
+) -> Result<Vec<Drift>, TaskError> {
+    let mut found = Vec::new();
+    let ingress = &services.config.docker.ingress_container;
+    let networks = recorded_networks(services).await?;
+    for (container, network) in engine.ingress_drift(ingress, &networks).await? {
+        let (kind, slug) = [Kind::Team, Kind::Sandbox]
+            .into_iter()
+            .find_map(|k| {
+                let slug = network
+                    .strip_prefix(&format!("{}-", k.as_str()))?
+                    .strip_suffix("-net")?;
+                Some((k, slug.to_string()))
+            })
+            .unwrap_or((Kind::Team, network.clone()));
+        let mut drift = Drift {
+            kind,
+            slug,
+            problem: format!("ingress {container} is not attached to network {network}"),
+            action: "attach it".into(),
+            fixed: false,
+            error: None,
+        };
+        if fix {
+            match engine.connect_to_network(&network, &container).await {
+                Ok(_) => drift.fixed = true,
+                Err(e) => drift.error = Some(e.to_string()),
+            }
+        }
+        found.push(drift);
+    }
+    Ok(found)
 }
 
 /// What is wrong with a tenant Redis records as existing, if anything.

@@ -49,6 +49,11 @@ pub struct Stack {
 impl Stack {
     /// Starts everything; with `with_pebble`, the worker's ACME directory is Pebble's.
     pub async fn start(with_pebble: bool) -> Self {
+        Self::start_with(with_pebble, &[]).await
+    }
+
+    /// [`Stack::start`] with extra worker flags (a later flag wins over the defaults above it).
+    pub async fn start_with(with_pebble: bool, extra: &[String]) -> Self {
         let redis = RedisServer::start();
         let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         // Pebble first: the worker needs its directory, Pebble only needs the DNS address (it
@@ -88,6 +93,8 @@ impl Stack {
             "false",
             "--health-timeout-s",
             "60",
+            "--cert-removal-grace-s",
+            "1",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -100,6 +107,20 @@ impl Stack {
                 pebble.listener_ca().display().to_string(),
             ]);
         }
+        // A flag given in `extra` replaces the default (clap refuses a flag given twice).
+        let mut kept = Vec::with_capacity(args.len());
+        let mut iter = args.into_iter().peekable();
+        while let Some(arg) = iter.next() {
+            if arg.starts_with("--") && extra.contains(&arg) {
+                if iter.peek().is_some_and(|v| !v.starts_with("--")) {
+                    iter.next();
+                }
+                continue;
+            }
+            kept.push(arg);
+        }
+        let mut args = kept;
+        args.extend(extra.iter().cloned());
         let config = Arc::new(Args::parse_from(args).config);
         let worker = app::start_worker(config.clone())
             .await

@@ -9,6 +9,7 @@ pub mod pebble;
 pub mod platform;
 pub mod redis_server;
 pub mod sockproxy;
+pub mod traefik;
 pub mod worker;
 
 pub use redis_server::RedisServer;

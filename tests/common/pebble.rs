@@ -30,6 +30,15 @@ impl Pebble {
     /// Starts Pebble validating HTTP-01 on `http_port` and resolving every name through
     /// `dns_server` (the platform's DNS server) when given.
     pub fn start(http_port: u16, dns_server: Option<SocketAddr>) -> Self {
+        Self::start_with_tls_port(http_port, super::free_port(), dns_server)
+    }
+
+    /// [`Pebble::start`] validating TLS-ALPN-01 on `tls_port` (e.g. a Traefik's HTTPS port).
+    pub fn start_with_tls_port(
+        http_port: u16,
+        tls_port: u16,
+        dns_server: Option<SocketAddr>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for pebble");
         let (ca_pem, cert_pem, key_pem) = listener_certificates();
         std::fs::write(dir.path().join("listener-ca.pem"), ca_pem).unwrap();
@@ -44,7 +53,7 @@ impl Pebble {
                 "certificate": dir.path().join("cert.pem"),
                 "privateKey": dir.path().join("key.pem"),
                 "httpPort": http_port,
-                "tlsPort": super::free_port(),
+                "tlsPort": tls_port,
                 "ocspResponderURL": "",
                 "externalAccountBindingRequired": false
             }

@@ -31,6 +31,9 @@ pub fn config(redis_url: &str, queues_dir: &Path, extra: &[&str]) -> Config {
         &zones,
         "--http01-listen",
         "",
+        // Nothing for Traefik: a worker publishes its dynamic files into CERTS_DIR at start.
+        "--traefik-dynamic-dir",
+        "",
     ];
     argv.extend_from_slice(extra);
     Args::parse_from(argv).config
