@@ -276,6 +276,7 @@ pub async fn provision(
                 TaskError::Cancelled(_) => TaskError::Cancelled(message),
                 TaskError::Retryable(_) => TaskError::Retryable(message),
                 TaskError::Failed(_) => TaskError::Failed(message),
+                TaskError::Superseded(_) => TaskError::Superseded(message),
             })
         }
     }
