@@ -511,6 +511,35 @@ impl Queue {
             .await
     }
 
+    /// Unregisters workers whose heartbeat expired (for `status`; their claims are recovered by
+    /// lease, not by worker). Returns their ids.
+    pub async fn prune_workers(&self) -> redis::RedisResult<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let workers: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::WORKERS)
+            .query_async(&mut conn)
+            .await?;
+        let mut pipe = redis::pipe();
+        for worker in &workers {
+            pipe.cmd("EXISTS").arg(keys::heartbeat(worker));
+        }
+        let alive: Vec<bool> = pipe.query_async(&mut conn).await?;
+        let gone: Vec<String> = workers
+            .into_iter()
+            .zip(alive)
+            .filter(|(_, alive)| !alive)
+            .map(|(worker, _)| worker)
+            .collect();
+        if !gone.is_empty() {
+            let _: i64 = redis::cmd("SREM")
+                .arg(keys::WORKERS)
+                .arg(&gone)
+                .query_async(&mut conn)
+                .await?;
+        }
+        Ok(gone)
+    }
+
     /// Removes this worker's heartbeat and registration (clean exit).
     pub async fn deregister(&self) -> redis::RedisResult<()> {
         redis::pipe()

@@ -113,6 +113,9 @@ impl Worker {
                     continue;
                 }
             }
+            if let Err(err) = self.queue.prune_workers().await {
+                debug!(error = %err, "cannot prune stopped workers");
+            }
             match self.queue.expired(REAP_BATCH).await {
                 Ok(expired) => {
                     for claim in expired {
