@@ -284,7 +284,9 @@ impl Queue {
                 .arg(resource)
                 .arg(&item.task.id)
                 .arg(item.max_attempts)
-                .arg(format!("Waiting: {resource} is being changed by an earlier task"))
+                .arg(format!(
+                    "Waiting: {resource} is being changed by an earlier task"
+                ))
                 .arg(record.len())
                 .arg(record);
         }
@@ -328,7 +330,9 @@ impl Queue {
     ) -> redis::RedisResult<bool> {
         let mut invocation = FINISH.prepare_invoke();
         Self::state(&mut invocation);
-        let hash = task.map(|t| keys::task(&t.id)).unwrap_or_else(|| keys::CLAIMS.into());
+        let hash = task
+            .map(|t| keys::task(&t.id))
+            .unwrap_or_else(|| keys::CLAIMS.into());
         let idempotency = task
             .and_then(idempotency_key)
             .unwrap_or_else(|| hash.clone());

@@ -100,8 +100,8 @@ impl Worker {
                 Some(task) => task,
                 None => {
                     // Unreadable: announce what we can on the channel the body names, if any.
-                    let id = sniff_id(&claimed.body)
-                        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                    let id =
+                        sniff_id(&claimed.body).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
                     Task {
                         id,
                         task_type: "unknown".into(),
@@ -208,9 +208,11 @@ impl Worker {
     pub(super) async fn abandon(&self, claimed: &Claimed, entry: &DeadLetter) {
         let then = Then::DeadLetter(entry);
         let kept = self
-            .retry_redis("dead-letter the task", |_| false, || {
-                self.queue.finish(claimed, None, None, &then, None)
-            })
+            .retry_redis(
+                "dead-letter the task",
+                |_| false,
+                || self.queue.finish(claimed, None, None, &then, None),
+            )
             .await;
         if kept.is_none() {
             warn!("cannot dead-letter either; the claim is left for lease recovery");
@@ -222,4 +224,3 @@ impl Worker {
         );
     }
 }
-

@@ -146,13 +146,7 @@ impl Worker {
                     delay.as_secs_f64()
                 );
                 warn!(%error, ?delay, "attempt failed; retrying");
-                let retrying = update(
-                    TaskStatus::Retrying,
-                    &message,
-                    attempts,
-                    Some(&error),
-                    None,
-                );
+                let retrying = update(TaskStatus::Retrying, &message, attempts, Some(&error), None);
                 self.conclude_prepared(p, Some(ctx), retrying, Then::RetryAfter(delay))
                     .await;
                 "retried"
@@ -238,7 +232,9 @@ impl Worker {
                     return;
                 }
                 Ok(false) => {
-                    warn!("the claim was lost before the outcome landed; a newer attempt owns the task");
+                    warn!(
+                        "the claim was lost before the outcome landed; a newer attempt owns the task"
+                    );
                     return;
                 }
                 Err(err) if is_final(&err) => {

@@ -79,8 +79,10 @@ impl Worker {
                     self.metrics.redis_ok();
                     for (handle, _, ctx) in held.iter().filter(|(h, _, _)| lost.contains(h)) {
                         warn!(task = %ctx.task().id, %handle, "lease lost (stalled past it?); stopping the attempt");
-                        ctx.supersede("the lease ran out and the task was given to a newer attempt")
-                            .await;
+                        ctx.supersede(
+                            "the lease ran out and the task was given to a newer attempt",
+                        )
+                        .await;
                     }
                 }
                 Err(err) => {
@@ -194,7 +196,11 @@ impl Worker {
     /// due (at most [`PROMOTER_NAP`]); the others check every second whether it is still there.
     async fn promoter_loop(self: Arc<Self>, stop: Shutdown) {
         loop {
-            let nap = match self.queue.lead(keys::PROMOTER_LEAD, PROMOTER_LEAD_TTL).await {
+            let nap = match self
+                .queue
+                .lead(keys::PROMOTER_LEAD, PROMOTER_LEAD_TTL)
+                .await
+            {
                 Ok(true) => match self.queue.promote_due().await {
                     Ok((_, next)) => next.unwrap_or(PROMOTER_NAP).min(PROMOTER_NAP),
                     Err(err) => {

@@ -33,7 +33,10 @@ impl Worker {
             .await
             && n > 0
         {
-            info!(count = n, "put back tasks an older build of this worker id held");
+            info!(
+                count = n,
+                "put back tasks an older build of this worker id held"
+            );
         }
         let background = Shutdown::new();
         let wake = Arc::new(Notify::new());
@@ -126,10 +129,12 @@ impl Worker {
         while !pending.is_empty() {
             let messages: Vec<String> = pending
                 .iter()
-                .map(|(p, _)| format!(
+                .map(|(p, _)| {
+                    format!(
                         "Started (attempt {ATTEMPTS_PLACEHOLDER} of {})",
                         p.max_attempts
-                    ))
+                    )
+                })
                 .collect();
             let items: Vec<BeginItem<'_>> = pending
                 .iter()

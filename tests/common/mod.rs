@@ -6,7 +6,9 @@ pub mod dns;
 pub mod docker;
 pub mod journey;
 pub mod pebble;
+pub mod proxy;
 pub mod redis_server;
+pub mod tasks;
 pub mod worker;
 
 pub use redis_server::RedisServer;
