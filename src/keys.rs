@@ -102,7 +102,8 @@ pub const DNS_CHANGES: &str = "dns:changes";
 pub const CLAIMS: &str = "{orch}:claims";
 /// In-flight place: handle -> lease deadline (ms), renewed by the owning worker.
 pub const LEASES: &str = "{orch}:leases";
-/// Claimed but not yet begun: handle -> fence (orders the begin of tasks of one resource).
+/// Claimed but not yet begun: handle -> order (the fence of its first claim; kept when it is
+/// recovered before it began), so tasks of one resource begin in claim order.
 pub const UNBEGUN: &str = "{orch}:unbegun";
 /// Bodies of tasks out of their queue list (in flight, waiting, ready, delayed): handle -> body.
 pub const BODIES: &str = "{orch}:bodies";

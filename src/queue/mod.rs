@@ -35,9 +35,13 @@
 //! claim whose reply was lost). One promoter per deployment moves due delayed tasks back
 //! (`promote.lua`) and sleeps until the next one is due.
 //!
-//! Per-resource order: claims are fenced in claim order, which is enqueue order within a list; a
-//! task with a resource begins only after every older claim has begun (or a short window passed),
-//! and waiters are handed the lock in fence order, so tasks of one resource run in enqueue order.
+//! Per-resource order: claims are fenced in claim order, which is enqueue order within a list
+//! (and priority order across lists). A task with a resource begins only after every older claim
+//! has begun (`{orch}:unbegun`; a claim recovered before it began keeps its place there), and
+//! waiters are handed the lock in that order, so tasks of one resource run in enqueue order. The
+//! wait for an older claim is bounded by a lease since its claim or recovery: only a claim lost
+//! for longer than that (e.g. its reply lost while its worker is the only one, blocked on the
+//! younger task) can be overtaken.
 //! A lock lives as long as its holder's lease: a holder recovered after a stall keeps the lock and
 //! goes to the ready list, so it runs again before the tasks queued behind it.
 
@@ -129,10 +133,6 @@ static PROMOTE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/pro
 static LEAD: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("#!lua\n{}", include_str!("lua/lead.lua"))));
 
-/// How long an older claim that has not begun yet holds back younger tasks of a resource (the
-/// time a worker takes from claim to begin, with a wide margin; bounded so a claim whose reply was
-/// lost does not hold a resource until its lease runs out).
-const BEGIN_WINDOW: Duration = Duration::from_millis(500);
 /// Longest a task waits for another task with the same idempotency key to finish.
 pub const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(600);
 /// Seconds an idempotency record is kept.
@@ -269,7 +269,9 @@ impl Queue {
         let mut invocation = BEGIN.prepare_invoke();
         Self::state(&mut invocation);
         invocation
-            .arg(BEGIN_WINDOW.as_millis() as u64)
+            // An older claim not begun yet holds younger tasks of a resource for at most a lease
+            // (then it is recovered, keeping its place, and the window starts again).
+            .arg(self.lease.as_millis() as u64)
             .arg(IDEMPOTENCY_WAIT.as_millis() as u64)
             .arg(IDEMPOTENCY_TTL_S);
         for item in items {

@@ -4,7 +4,8 @@
 -- takes the lock, counts the attempt and records "processing" with its event.
 -- KEYS[1..12]: queue state (common.lua); then per task: its hash `task:<id>`, its idempotency
 -- record (the task hash again when it has no key).
--- ARGV[1]: begin window (ms: how long an older unbegun claim holds younger ones of a resource),
+-- ARGV[1]: begin window (ms: how long an older claim not begun yet holds younger tasks of a
+-- resource),
 -- ARGV[2]: idempotency wait bound (ms), ARGV[3]: idempotency TTL (s); then per task: handle,
 -- fence, resource ('' for none), task id, max attempts, waiting message, n, then n record
 -- arguments (`progress::record_args`, attempts as the placeholder).
@@ -30,12 +31,16 @@ local function begin_one(hkey, ikey, handle, fence, res, id, max, waiting_msg, r
     forget(handle)
     return {'finished', status, ''}
   end
+  local order = tonumber(redis.call('ZSCORE', UNBEGUN, handle) or fence)
   if res ~= '' and redis.call('HGET', LOCKS, res) ~= handle then
-    local first = redis.call('ZRANGE', UNBEGUN, 0, 0, 'WITHSCORES')
-    if first[1] and first[1] ~= handle and tonumber(first[2]) < tonumber(fence) then
-      local c = redis.call('HGET', CLAIMS, first[1])
+    -- Older claims not begun yet may be of this resource: wait for them (within the window
+    -- since their claim, or since their recovery when they stopped before beginning).
+    local older = redis.call('ZRANGEBYSCORE', UNBEGUN, '-inf', '(' .. order, 'WITHSCORES', 'LIMIT', 0, 16)
+    for i = 1, #older, 2 do
+      local c = redis.call('HGET', CLAIMS, older[i])
       local at = c and tonumber(string.match(c, '^%d+|(%d+)|')) or 0
       if now - at < window then return {'wait', '', ''} end
+      if not c then redis.call('ZREM', UNBEGUN, older[i]) end
     end
   end
   redis.call('ZREM', UNBEGUN, handle)
@@ -59,7 +64,7 @@ local function begin_one(hkey, ikey, handle, fence, res, id, max, waiting_msg, r
     local holder = redis.call('HGET', LOCKS, res)
     if holder and holder ~= handle then
       redis.call('HSET', hkey, 'status', 'queued', 'message', waiting_msg)
-      redis.call('ZADD', WAITING, 0, res .. '\0' .. string.format('%020d', tonumber(fence)) .. '\0' .. handle)
+      redis.call('ZADD', WAITING, 0, res .. '\0' .. string.format('%020d', order) .. '\0' .. handle)
       redis.call('HDEL', CLAIMS, handle)
       redis.call('ZREM', LEASES, handle)
       return {'parked', holder, ''}

@@ -10,7 +10,8 @@ local function take(handle, list, body)
   local fence = redis.call('INCR', FENCE)
   redis.call('HSET', CLAIMS, handle, fence .. '|' .. now .. '|' .. worker)
   redis.call('ZADD', LEASES, now + lease, handle)
-  redis.call('ZADD', UNBEGUN, fence, handle)
+  -- NX: a claim recovered before it began keeps its place in its resource's order.
+  redis.call('ZADD', UNBEGUN, 'NX', fence, handle)
   out[#out + 1] = handle
   out[#out + 1] = tostring(fence)
   out[#out + 1] = list

@@ -1,9 +1,9 @@
 -- Shared by every queue script (prepended after the `#!lua` line). KEYS[1..12] are always the
 -- fixed state keys of `keys::QUEUE_STATE`, in this order:
 --   1 claims   (hash handle -> "fence|claimed_ms|worker")   2 leases (zset handle -> deadline ms)
---   3 unbegun  (zset handle -> fence)                        4 bodies (hash handle -> body)
+--   3 unbegun  (zset handle -> order: first claim's fence)   4 bodies (hash handle -> body)
 --   5 origin   (hash handle -> list)                         6 locks  (hash resource -> handle)
---   7 held     (hash handle -> resource)                     8 waiting (zset "res\0fence\0handle")
+--   7 held     (hash handle -> resource)                     8 waiting (zset "res\0order\0handle")
 --   9 ready    (list of handles)                            10 delayed (zset handle -> due ms)
 --  11 dead-letter list                                      12 fence counter
 -- Scripts write the task's own hash first: a WRONGTYPE there fails the script before it moved
@@ -35,7 +35,7 @@ local function forget(handle)
   redis.call('HDEL', ORIGIN, handle)
 end
 
--- Releases the lock handle holds, if any, and hands it to the resource's first waiter (fence
+-- Releases the lock handle holds, if any, and hands it to the resource's first waiter (claim
 -- order), which goes to the ready list holding the lock.
 local function release(handle)
   local res = redis.call('HGET', HELD, handle)

@@ -16,6 +16,7 @@ local k = tonumber(ARGV[5])
 local queued, failed = {}, {}
 for i = 1, k do queued[i] = ARGV[5 + i] end
 for i = 6 + k, #ARGV do failed[#failed + 1] = ARGV[i] end
+local unbegun = redis.call('ZSCORE', UNBEGUN, handle)
 drop_claim(handle)
 if n > max then
   record(KEYS[13], patch(failed, attempts))
@@ -26,5 +27,11 @@ if n > max then
   return {'dead', n}
 end
 record(KEYS[13], patch(queued, attempts))
+if unbegun then
+  -- Stopped before it began: it keeps its place in its resource's order (fence 0 matches no
+  -- attempt; the time starts the window younger tasks of its resource wait for it).
+  redis.call('ZADD', UNBEGUN, unbegun, handle)
+  redis.call('HSET', CLAIMS, handle, '0|' .. now_ms() .. '|')
+end
 requeue(handle, KEYS[14])
 return {'requeued', n}
