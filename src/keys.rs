@@ -113,8 +113,8 @@ pub const ORIGIN: &str = "{orch}:origin";
 pub const LOCKS: &str = "{orch}:locks";
 /// The reverse of [`LOCKS`]: handle -> resource.
 pub const HELD: &str = "{orch}:held";
-/// Waiting place: tasks parked behind a resource's holder, `<resource>\0<fence:020>\0<handle>`
-/// (score 0, so lexical order is fence order within a resource).
+/// Waiting place: tasks parked behind a resource's holder, `<resource>\0<order:020>\0<handle>`
+/// (score 0, so lexical order is claim order within a resource).
 pub const WAITING: &str = "{orch}:waiting";
 /// Ready place: handles whose turn on a resource came (they hold its lock), claimed before any list.
 pub const READY: &str = "{orch}:ready";

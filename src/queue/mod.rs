@@ -39,8 +39,8 @@
 //! (and priority order across lists). A task with a resource begins only after every older claim
 //! has begun (`{orch}:unbegun`; a claim recovered before it began keeps its place there), and
 //! waiters are handed the lock in that order, so tasks of one resource run in enqueue order. The
-//! wait for an older claim is bounded by a lease since its claim or recovery: only a claim lost
-//! for longer than that (e.g. its reply lost while its worker is the only one, blocked on the
+//! wait for an older claim is bounded by three leases since its claim or recovery: only a claim
+//! lost for longer than that (e.g. its reply lost while its worker is the only one, blocked on the
 //! younger task) can be overtaken.
 //! A lock lives as long as its holder's lease: a holder recovered after a stall keeps the lock and
 //! goes to the ready list, so it runs again before the tasks queued behind it.
@@ -269,9 +269,10 @@ impl Queue {
         let mut invocation = BEGIN.prepare_invoke();
         Self::state(&mut invocation);
         invocation
-            // An older claim not begun yet holds younger tasks of a resource for at most a lease
-            // (then it is recovered, keeping its place, and the window starts again).
-            .arg(self.lease.as_millis() as u64)
+            // An older claim not begun yet holds younger tasks of a resource until it begins, for
+            // at most three leases since its claim: time for its lease to run out and the reaper
+            // to recover it, keeping its place (the window then starts again from the recovery).
+            .arg(3 * self.lease.as_millis() as u64)
             .arg(IDEMPOTENCY_WAIT.as_millis() as u64)
             .arg(IDEMPOTENCY_TTL_S);
         for item in items {
