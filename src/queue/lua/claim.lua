@@ -21,7 +21,9 @@ while #out < want * 4 do
   local h = redis.call('LPOP', READY)
   if not h then break end
   local body, list = redis.call('HGET', BODIES, h), redis.call('HGET', ORIGIN, h)
-  if body and list and not redis.call('HGET', CLAIMS, h) then take(h, list, body) end
+  -- A live claim means it is in flight already (fence '0' marks a claim recovered before it began).
+  local f = claim_fence(h)
+  if body and list and (not f or f == '0') then take(h, list, body) end
 end
 for i = 13, #KEYS do
   while #out < want * 4 do
