@@ -568,7 +568,11 @@ async fn randomized_faults_lose_nothing_run_everything_once_and_keep_resource_or
         if started.elapsed() > Duration::from_secs(100) {
             let found = places(&mut conn).await;
             for id in open.iter().take(5) {
-                eprintln!("stuck {id}: {:?} in {:?}", hash(&mut conn, id).await, found.get(id));
+                eprintln!(
+                    "stuck {id}: {:?} in {:?}",
+                    hash(&mut conn, id).await,
+                    found.get(id)
+                );
             }
             let state: HashMap<String, String> = redis::cmd("HGETALL")
                 .arg("{orch}:locks")
@@ -582,7 +586,11 @@ async fn randomized_faults_lose_nothing_run_everything_once_and_keep_resource_or
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     for id in &all {
-        assert_eq!(events.completions(id), 1, "task {id} completed once (seed {seed})");
+        assert_eq!(
+            events.completions(id),
+            1,
+            "task {id} completed once (seed {seed})"
+        );
     }
     let order = events.completed_order();
     for (resource, enqueued) in &by_resource {

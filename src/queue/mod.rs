@@ -37,11 +37,12 @@
 //!
 //! Per-resource order: claims are fenced in claim order, which is enqueue order within a list
 //! (and priority order across lists). A task with a resource begins only after every older claim
-//! has begun (`{orch}:unbegun`; a claim recovered before it began keeps its place there), and
-//! waiters are handed the lock in that order, so tasks of one resource run in enqueue order. The
-//! wait for an older claim is bounded by three leases since its claim or recovery: only a claim
-//! lost for longer than that (e.g. its reply lost while its worker is the only one, blocked on the
-//! younger task) can be overtaken.
+//! has begun (`{orch}:unbegun`; a claim recovered before it began keeps its place there): until
+//! then it is *blocked* (in the waiting set under the empty resource, out of flight), and goes to
+//! the ready list as soon as an older claim begins or leaves. Waiters are handed the lock in the
+//! same order, so tasks of one resource run in enqueue order. A claim recovered before it began
+//! that nobody claims again within ten leases (its list is no longer consumed) is forgotten, so it
+//! cannot block its resource for ever.
 //! A lock lives as long as its holder's lease: a holder recovered after a stall keeps the lock and
 //! goes to the ready list, so it runs again before the tasks queued behind it.
 
@@ -161,8 +162,9 @@ pub enum Begun {
     Finished { status: String },
     /// The claim was lost before it began (recovered meanwhile): someone else owns it.
     Superseded,
-    /// An older claim of possibly the same resource has not begun yet: begin again shortly.
-    Wait,
+    /// An older claim of possibly the same resource has not begun yet: out of flight until it
+    /// begins (then ready again).
+    Blocked,
     /// A task with the same scoped idempotency key completed: report its result.
     Duplicate { first: String, result: String },
     /// A task with the same scoped idempotency key is still running: retry later.
@@ -232,6 +234,12 @@ impl Queue {
         self.lease
     }
 
+    /// How long a claim recovered before it began keeps younger tasks of a resource blocked
+    /// when nobody claims it again (its list is no longer consumed): ten leases.
+    fn forget_after(&self) -> Duration {
+        self.lease * 10
+    }
+
     fn state<'a>(invocation: &mut ScriptInvocation<'a>) {
         for key in keys::QUEUE_STATE {
             invocation.key(key);
@@ -269,10 +277,7 @@ impl Queue {
         let mut invocation = BEGIN.prepare_invoke();
         Self::state(&mut invocation);
         invocation
-            // An older claim not begun yet holds younger tasks of a resource until it begins, for
-            // at most three leases since its claim: time for its lease to run out and the reaper
-            // to recover it, keeping its place (the window then starts again from the recovery).
-            .arg(3 * self.lease.as_millis() as u64)
+            .arg(self.forget_after().as_millis() as u64)
             .arg(IDEMPOTENCY_WAIT.as_millis() as u64)
             .arg(IDEMPOTENCY_TTL_S);
         for item in items {
@@ -307,7 +312,7 @@ impl Queue {
                 },
                 "parked" => Begun::Parked { holder: a },
                 "finished" => Begun::Finished { status: a },
-                "wait" => Begun::Wait,
+                "blocked" => Begun::Blocked,
                 "duplicate" => Begun::Duplicate {
                     first: a,
                     result: b,
@@ -382,7 +387,9 @@ impl Queue {
     pub async fn expired(&self, limit: usize) -> redis::RedisResult<Vec<Expired>> {
         let mut invocation = EXPIRED.prepare_invoke();
         Self::state(&mut invocation);
-        invocation.arg(limit);
+        invocation
+            .arg(limit)
+            .arg(self.forget_after().as_millis() as u64);
         let flat: Vec<Vec<u8>> = invocation.invoke_async(&mut self.conn.clone()).await?;
         Ok(flat
             .chunks_exact(4)

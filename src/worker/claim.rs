@@ -124,9 +124,8 @@ impl Worker {
                 }
             }
         }
-        let mut pause = Duration::from_millis(1);
         let mut backoff = Backoff::new();
-        while !pending.is_empty() {
+        let verdicts = loop {
             let messages: Vec<String> = pending
                 .iter()
                 .map(|(p, _)| {
@@ -141,10 +140,9 @@ impl Worker {
                 .zip(&messages)
                 .map(|((p, _), message)| self.begin_item(p, message))
                 .collect();
-            let verdicts = match self.queue.begin(&items).await {
-                Ok(verdicts) => verdicts,
+            match self.queue.begin(&items).await {
+                Ok(verdicts) => break verdicts,
                 Err(err) => {
-                    drop(items);
                     self.note_trouble();
                     if shutdown.is_triggered() {
                         warn!(error = %err, "cannot begin tasks while stopping; left for lease recovery");
@@ -153,48 +151,42 @@ impl Worker {
                     let pause = backoff.next();
                     warn!(error = %err, retry_in = ?pause, "cannot begin tasks; retrying");
                     tokio::time::sleep(pause).await;
-                    continue;
-                }
-            };
-            drop(items);
-            let mut again = Vec::new();
-            for ((prepared, permit), verdict) in pending.into_iter().zip(verdicts) {
-                match verdict {
-                    Begun::Wait => again.push((prepared, permit)),
-                    Begun::Run {
-                        attempts,
-                        cancelled,
-                    } => {
-                        let me = self.clone();
-                        running.spawn(async move {
-                            me.metrics.in_flight.inc();
-                            me.clone().attempt(prepared, attempts, cancelled).await;
-                            me.metrics.in_flight.dec();
-                            drop(permit);
-                        });
-                    }
-                    Begun::Parked { holder } => {
-                        debug!(task = %prepared.task.id, %holder, "parked behind the resource's holder");
-                    }
-                    Begun::Finished { status } => {
-                        info!(task = %prepared.task.id, %status, "task already finished; dropped the redelivered copy");
-                    }
-                    Begun::Superseded => {
-                        info!(task = %prepared.task.id, "claim lost before it began; a newer attempt owns it");
-                    }
-                    other => {
-                        let me = self.clone();
-                        running.spawn(async move {
-                            me.settle_unrun(prepared, other).await;
-                            drop(permit);
-                        });
-                    }
                 }
             }
-            pending = again;
-            if !pending.is_empty() {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(20));
+        };
+        for ((prepared, permit), verdict) in pending.into_iter().zip(verdicts) {
+            match verdict {
+                Begun::Run {
+                    attempts,
+                    cancelled,
+                } => {
+                    let me = self.clone();
+                    running.spawn(async move {
+                        me.metrics.in_flight.inc();
+                        me.clone().attempt(prepared, attempts, cancelled).await;
+                        me.metrics.in_flight.dec();
+                        drop(permit);
+                    });
+                }
+                Begun::Parked { holder } => {
+                    debug!(task = %prepared.task.id, %holder, "parked behind the resource's holder");
+                }
+                Begun::Blocked => {
+                    debug!(task = %prepared.task.id, "blocked until older claims begin");
+                }
+                Begun::Finished { status } => {
+                    info!(task = %prepared.task.id, %status, "task already finished; dropped the redelivered copy");
+                }
+                Begun::Superseded => {
+                    info!(task = %prepared.task.id, "claim lost before it began; a newer attempt owns it");
+                }
+                other => {
+                    let me = self.clone();
+                    running.spawn(async move {
+                        me.settle_unrun(prepared, other).await;
+                        drop(permit);
+                    });
+                }
             }
         }
     }

@@ -1,18 +1,17 @@
 -- begin: starts the claimed tasks of one batch, in fence order, each in one step: checks the
--- fence, drops a copy of a finished task, keeps the enqueue order of a resource (waits while an
+-- fence, drops a copy of a finished task, keeps the enqueue order of a resource (blocks while an
 -- older claim has not begun yet, then parks behind the lock's holder), settles idempotency keys,
 -- takes the lock, counts the attempt and records "processing" with its event.
 -- KEYS[1..12]: queue state (common.lua); then per task: its hash `task:<id>`, its idempotency
 -- record (the task hash again when it has no key).
--- ARGV[1]: begin window (ms: how long an older claim not begun yet holds younger tasks of a
--- resource),
+-- ARGV[1]: how long (ms) a claim recovered before it began still holds younger tasks back,
 -- ARGV[2]: idempotency wait bound (ms), ARGV[3]: idempotency TTL (s); then per task: handle,
 -- fence, resource ('' for none), task id, max attempts, waiting message, n, then n record
 -- arguments (`progress::record_args`, attempts as the placeholder).
 -- Returns per task {verdict, a, b}: run (attempts, cancel flag), exhausted (attempts), parked
--- (holder), finished (status), superseded, wait, duplicate (first id, its result), idem_wait (first
+-- (holder), blocked, finished (status), superseded, duplicate (first id, its result), idem_wait (first
 -- id), broken (the task hash or idempotency record is not a hash: Redis refuses to record it).
-local window, idem_wait, idem_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local gc, idem_wait, idem_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
 local out = {}
 local ai = 4
@@ -32,18 +31,14 @@ local function begin_one(hkey, ikey, handle, fence, res, id, max, waiting_msg, r
     return {'finished', status, ''}
   end
   local order = tonumber(redis.call('ZSCORE', UNBEGUN, handle) or fence)
-  if res ~= '' and redis.call('HGET', LOCKS, res) ~= handle then
-    -- Older claims not begun yet may be of this resource: wait for them (within the window
-    -- since their claim, or since their recovery when they stopped before beginning).
-    local older = redis.call('ZRANGEBYSCORE', UNBEGUN, '-inf', '(' .. order, 'WITHSCORES', 'LIMIT', 0, 16)
-    for i = 1, #older, 2 do
-      local c = redis.call('HGET', CLAIMS, older[i])
-      local at = c and tonumber(string.match(c, '^%d+|(%d+)|')) or 0
-      if now - at < window then return {'wait', '', ''} end
-      if not c then redis.call('ZREM', UNBEGUN, older[i]) end
-    end
+  if res ~= '' and redis.call('HGET', LOCKS, res) ~= handle and older_pending(order, now, gc) then
+    -- Blocked: out of flight until the older claims begin (it keeps its order).
+    redis.call('ZADD', WAITING, 0, '\0' .. string.format('%020d', order) .. '\0' .. handle)
+    redis.call('HSET', CLAIMS, handle, '0|' .. now .. '|')
+    redis.call('ZREM', LEASES, handle)
+    return {'blocked', '', ''}
   end
-  redis.call('ZREM', UNBEGUN, handle)
+  if redis.call('ZREM', UNBEGUN, handle) == 1 then unblock() end
   if ikey ~= hkey then
     local first = redis.call('HGET', ikey, 'id')
     if first and first ~= id then

@@ -24,10 +24,40 @@ local function claim_fence(handle)
   return string.match(c, '^(%d+)|')
 end
 
+-- Tasks blocked behind an older claim that had not begun yet live in the waiting set under the
+-- empty resource ("\0<order>\0<handle>"); once some claim begins or leaves, they all go to the
+-- ready list and begin again (blocked again if another older claim is still pending).
+local function unblock()
+  local blocked = redis.call('ZRANGEBYLEX', WAITING, '[\0', '[\1')
+  for _, m in ipairs(blocked) do
+    redis.call('ZREM', WAITING, m)
+    redis.call('RPUSH', READY, string.sub(m, 23))
+  end
+end
+
 local function drop_claim(handle)
   redis.call('HDEL', CLAIMS, handle)
   redis.call('ZREM', LEASES, handle)
-  redis.call('ZREM', UNBEGUN, handle)
+  if redis.call('ZREM', UNBEGUN, handle) == 1 then unblock() end
+end
+
+-- Whether a claim older than `order` has not begun yet (it may be of the same resource). Live
+-- claims always count (they begin, or expire and are recovered keeping their order); a claim
+-- recovered before it began counts for `gc` ms after its recovery, after which it is forgotten.
+local function older_pending(order, now, gc)
+  local older = redis.call('ZRANGEBYSCORE', UNBEGUN, '-inf', '(' .. order, 'LIMIT', 0, 64)
+  local pending = false
+  for _, h in ipairs(older) do
+    local c = redis.call('HGET', CLAIMS, h)
+    local f, at = nil, 0
+    if c then f, at = string.match(c, '^(%d+)|(%d+)|') end
+    if c and (f ~= '0' or now - tonumber(at) < gc) then
+      pending = true
+    else
+      redis.call('ZREM', UNBEGUN, h)
+    end
+  end
+  return pending
 end
 
 local function forget(handle)
