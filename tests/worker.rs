@@ -3,57 +3,14 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use futures::StreamExt;
 use std::time::{Duration, Instant};
 
+use common::tasks::{Events, hash, new_id, ping, push, wait_status};
 use common::worker::{self, WorkerProcess};
 use common::{RedisServer, eventually};
-use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
-
-async fn push(conn: &mut MultiplexedConnection, list: &str, body: &str) {
-    let _: i64 = redis::cmd("LPUSH")
-        .arg(list)
-        .arg(body)
-        .query_async(conn)
-        .await
-        .unwrap();
-}
-
-fn ping(id: &str, payload: Value) -> String {
-    json!({"id": id, "type": "system.ping", "user_id": "tester", "payload": payload}).to_string()
-}
-
-fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-async fn hash(conn: &mut MultiplexedConnection, id: &str) -> HashMap<String, String> {
-    redis::cmd("HGETALL")
-        .arg(format!("task:{id}"))
-        .query_async(conn)
-        .await
-        .unwrap()
-}
-
-async fn wait_status(
-    conn: &mut MultiplexedConnection,
-    id: &str,
-    status: &str,
-    timeout: Duration,
-) -> HashMap<String, String> {
-    let what = format!("task {id} to be {status}");
-    eventually(&what, timeout, || {
-        let mut conn = conn.clone();
-        async move {
-            let h = hash(&mut conn, id).await;
-            (h.get("status").map(String::as_str) == Some(status)).then_some(h)
-        }
-    })
-    .await
-}
 
 async fn zscore(conn: &mut MultiplexedConnection, key: &str, member: &str) -> Option<f64> {
     redis::cmd("ZSCORE")
@@ -79,66 +36,6 @@ async fn dead_entries(conn: &mut MultiplexedConnection) -> Vec<Value> {
     raw.iter()
         .map(|r| serde_json::from_str(r).unwrap())
         .collect()
-}
-
-/// Every task event published while it lives, with the instant it arrived.
-struct Events {
-    seen: Arc<Mutex<Vec<(Instant, Value)>>>,
-    _task: tokio::task::JoinHandle<()>,
-}
-
-impl Events {
-    async fn start(server: &RedisServer) -> Self {
-        let mut pubsub = server.client().get_async_pubsub().await.unwrap();
-        pubsub.psubscribe("tasks:*").await.unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        let task = tokio::spawn(async move {
-            let mut stream = pubsub.into_on_message();
-            while let Some(message) = stream.next().await {
-                let payload: String = message.get_payload().unwrap();
-                let value: Value = serde_json::from_str(&payload).unwrap();
-                sink.lock().unwrap().push((Instant::now(), value));
-            }
-        });
-        Self { seen, _task: task }
-    }
-
-    fn of(&self, id: &str) -> Vec<Value> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, e)| e["task_id"] == id)
-            .map(|(_, e)| e.clone())
-            .collect()
-    }
-
-    fn completed_order(&self) -> Vec<String> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, e)| e["type"] == "task.completed")
-            .map(|(_, e)| e["task_id"].as_str().unwrap().to_string())
-            .collect()
-    }
-
-    /// When the task started running (its first `processing` event) and when it completed.
-    fn span(&self, id: &str) -> (Instant, Instant) {
-        let seen = self.seen.lock().unwrap();
-        let start = seen
-            .iter()
-            .find(|(_, e)| e["task_id"] == id && e["status"] == "processing")
-            .map(|(t, _)| *t)
-            .unwrap();
-        let end = seen
-            .iter()
-            .find(|(_, e)| e["task_id"] == id && e["status"] == "completed")
-            .map(|(t, _)| *t)
-            .unwrap();
-        (start, end)
-    }
 }
 
 #[tokio::test]

@@ -8,12 +8,12 @@ use std::time::Duration;
 use serde_json::Value;
 use tracing::{Instrument, info_span, warn};
 
-use super::{MAX_ATTEMPTS_CAP, Worker, sniff_user};
+use super::{MAX_ATTEMPTS_CAP, Worker, stand_in};
 use crate::handlers::Handler;
 use crate::progress::Update;
 use crate::queue::{Begun, Claimed, DeadLetter, Then};
 use crate::queues::Policy;
-use crate::task::{Task, TaskStatus, sniff_id};
+use crate::task::{Task, TaskStatus};
 
 /// A claimed task that passed the checks, ready to begin.
 pub(super) struct Prepared {
@@ -37,24 +37,24 @@ pub(super) struct Rejected {
 
 impl Worker {
     /// Checks a claimed body: readable, declared on its list, payload valid, handled here.
-    pub(super) fn prepare(&self, claimed: Claimed) -> Result<Prepared, Rejected> {
+    pub(super) fn prepare(&self, claimed: Claimed) -> Result<Prepared, Box<Rejected>> {
         let max_bytes = self.services.config.worker.max_task_bytes;
         let (task, generated) = match Task::parse(&claimed.body, max_bytes) {
             Ok(parsed) => parsed,
             Err(err) => {
-                return Err(Rejected {
+                return Err(Box::new(Rejected {
                     claimed,
                     task: None,
                     reason: err.to_string(),
-                });
+                }));
             }
         };
         let reject = |claimed, task, reason| {
-            Err(Rejected {
+            Err(Box::new(Rejected {
                 claimed,
                 task: Some(task),
                 reason,
-            })
+            }))
         };
         let policy = match self.definitions.policy(&claimed.list, &task.task_type) {
             Ok(policy) => policy,
@@ -87,32 +87,19 @@ impl Worker {
     }
 
     /// Fails a body that could not be read or does not belong: dead-letter with the reason.
-    pub(super) async fn reject(&self, rejected: Rejected) {
+    pub(super) async fn reject(&self, rejected: Box<Rejected>) {
         let Rejected {
             claimed,
             task,
             reason,
-        } = rejected;
+        } = *rejected;
         let span = info_span!("task", id = tracing::field::Empty, list = %claimed.list);
         async move {
             warn!(%reason, "rejecting task");
             let task = match task {
                 Some(task) => task,
-                None => {
-                    // Unreadable: announce what we can on the channel the body names, if any.
-                    let id =
-                        sniff_id(&claimed.body).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-                    Task {
-                        id,
-                        task_type: "unknown".into(),
-                        user_id: sniff_user(&claimed.body),
-                        payload: Value::Object(Default::default()),
-                        idempotency_key: None,
-                        max_attempts: None,
-                        timeout_s: None,
-                        created_at: None,
-                    }
-                }
+                // Unreadable: announce what we can on the channel the body names, if any.
+                None => stand_in(&claimed.body, || uuid::Uuid::new_v4().to_string()),
             };
             let mut entry = DeadLetter::of(&claimed, &task, &reason, 0);
             if task.task_type == "unknown" {

@@ -7,18 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::Value;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use super::{Backoff, Worker, sniff_user};
+use super::{Backoff, Worker, stand_in};
 use crate::connections;
 use crate::keys;
 use crate::progress::{self, ATTEMPTS_PLACEHOLDER, Update};
 use crate::queue::{DeadLetter, Expired, Recovery};
 use crate::shutdown::Shutdown;
-use crate::task::{Task, TaskStatus, sniff_id};
+use crate::task::{Task, TaskStatus};
 
 /// How long each waiter blocks before it re-issues its `BLMOVE`.
 const WAIT_SLICE_S: f64 = 1.0;
@@ -135,16 +134,7 @@ impl Worker {
     async fn recover(&self, claim: &Expired, max_recoveries: u32) {
         let task = match Task::parse(&claim.body, usize::MAX) {
             Ok((task, _)) => task,
-            Err(_) => Task {
-                id: sniff_id(&claim.body).unwrap_or_else(|| claim.handle.clone()),
-                task_type: "unknown".into(),
-                user_id: sniff_user(&claim.body),
-                payload: Value::Object(Default::default()),
-                idempotency_key: None,
-                max_attempts: None,
-                timeout_s: None,
-                created_at: None,
-            },
+            Err(_) => stand_in(&claim.body, || claim.handle.clone()),
         };
         let queued = Update {
             status: TaskStatus::Queued,

@@ -173,11 +173,26 @@ pub fn is_final(err: &redis::RedisError) -> bool {
         )
 }
 
-fn sniff_user(body: &[u8]) -> Option<String> {
-    let value: Value = serde_json::from_slice(body).ok()?;
-    let user = value.get("user_id")?.as_str()?;
-    (!user.is_empty() && user.len() <= 128 && user.bytes().all(|b| b.is_ascii_graphic()))
-        .then(|| user.to_string())
+/// A stand-in for a body that cannot be read as a task: its id and user if they can be sniffed
+/// (so the failure is announced on the user's channel), type `unknown`.
+fn stand_in(body: &[u8], fallback_id: impl FnOnce() -> String) -> crate::task::Task {
+    let user = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|value| {
+            let user = value.get("user_id")?.as_str()?.to_string();
+            (!user.is_empty() && user.len() <= 128 && user.bytes().all(|b| b.is_ascii_graphic()))
+                .then_some(user)
+        });
+    crate::task::Task {
+        id: crate::task::sniff_id(body).unwrap_or_else(fallback_id),
+        task_type: "unknown".into(),
+        user_id: user,
+        payload: Value::Object(Default::default()),
+        idempotency_key: None,
+        max_attempts: None,
+        timeout_s: None,
+        created_at: None,
+    }
 }
 
 fn default_worker_id() -> String {

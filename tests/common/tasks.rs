@@ -66,7 +66,7 @@ pub async fn wait_status(
 
 /// Every task event published while it lives (re-subscribing after a Redis restart).
 pub struct Events {
-    seen: Arc<Mutex<Vec<(Instant, Value)>>>,
+    pub seen: Arc<Mutex<Vec<(Instant, Value)>>>,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -129,6 +129,24 @@ impl Events {
             .filter(|(_, e)| e["type"] == "task.completed")
             .map(|(_, e)| e["task_id"].as_str().unwrap().to_string())
             .collect()
+    }
+}
+
+impl Events {
+    /// When the task started running (its first `processing` event) and when it completed.
+    pub fn span(&self, id: &str) -> (Instant, Instant) {
+        let seen = self.seen.lock().unwrap();
+        let start = seen
+            .iter()
+            .find(|(_, e)| e["task_id"] == id && e["status"] == "processing")
+            .map(|(t, _)| *t)
+            .unwrap();
+        let end = seen
+            .iter()
+            .find(|(_, e)| e["task_id"] == id && e["status"] == "completed")
+            .map(|(t, _)| *t)
+            .unwrap();
+        (start, end)
     }
 }
 
