@@ -35,6 +35,8 @@ pub struct TaskContext {
     lease: Option<(String, u64)>,
     /// Set once the claim is known to be lost.
     superseded: AtomicBool,
+    /// Set when the worker starts writing the outcome (the finishing script checks the fence).
+    settling: AtomicBool,
 }
 
 impl TaskContext {
@@ -57,6 +59,7 @@ impl TaskContext {
             services,
             lease: None,
             superseded: AtomicBool::new(false),
+            settling: AtomicBool::new(false),
         }
     }
 
@@ -80,6 +83,17 @@ impl TaskContext {
     /// Whether this attempt lost its claim to a newer one.
     pub fn is_superseded(&self) -> bool {
         self.superseded.load(Ordering::SeqCst)
+    }
+
+    /// Marks that the outcome is being written: from now on the finishing script decides whether
+    /// the claim still holds, so a renewal that races with it is not taken for a lost lease.
+    pub fn settle(&self) {
+        self.settling.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the outcome is being written.
+    pub fn is_settling(&self) -> bool {
+        self.settling.load(Ordering::SeqCst)
     }
 
     /// Marks the attempt superseded and cancels it, so the handler stops at its next step.

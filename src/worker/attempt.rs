@@ -219,6 +219,9 @@ impl Worker {
         update: Update<'_>,
         then: Then<'_>,
     ) {
+        if let Some(ctx) = ctx {
+            ctx.settle();
+        }
         let mut backoff = Backoff::new();
         let mut tries = 0u32;
         loop {

@@ -76,7 +76,11 @@ impl Worker {
             match self.queue.renew(&pairs).await {
                 Ok(lost) => {
                     self.metrics.redis_ok();
-                    for (handle, _, ctx) in held.iter().filter(|(h, _, _)| lost.contains(h)) {
+                    // A claim finished while the renewal was under way is not lost.
+                    let lost = held
+                        .iter()
+                        .filter(|(h, _, ctx)| lost.contains(h) && !ctx.is_settling());
+                    for (handle, _, ctx) in lost {
                         warn!(task = %ctx.task().id, %handle, "lease lost (stalled past it?); stopping the attempt");
                         ctx.supersede(
                             "the lease ran out and the task was given to a newer attempt",
