@@ -11,6 +11,8 @@ pub const DEAD_LETTER: &str = "queue:dead";
 /// Tasks waiting for a retry, by handle, scored by the time (ms) they become due (bodies in
 /// [`BODIES`], so two identical bodies stay two entries).
 pub const DELAYED: &str = "{orch}:delayed";
+/// The delayed set of builds before per-task leases (members `<list>\n<body>`): emptied at start.
+pub const LEGACY_DELAYED: &str = "queue:delayed";
 /// Set of the ids of workers that registered; the reaper checks each one's heartbeat.
 pub const WORKERS: &str = "workers";
 /// Lock held by the one worker that reaps dead workers at a time.

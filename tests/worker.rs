@@ -680,6 +680,15 @@ async fn a_worker_restarted_under_its_id_hands_back_what_its_previous_life_held(
         &ping(&id, json!({})),
     )
     .await;
+    // And what an older build kept in its delayed set (members `<list>\n<body>`).
+    let delayed = new_id();
+    let _: i64 = redis::cmd("ZADD")
+        .arg("queue:delayed")
+        .arg(0)
+        .arg(format!("queue:dns:normal\n{}", ping(&delayed, json!({}))))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let running = worker::start(worker::config(
         &server.url(),
         queues.path(),
@@ -688,6 +697,7 @@ async fn a_worker_restarted_under_its_id_hands_back_what_its_previous_life_held(
     .await;
     let done = wait_status(&mut conn, &id, "completed", Duration::from_secs(5)).await;
     assert_eq!(done["worker"], "fixed");
+    wait_status(&mut conn, &delayed, "completed", Duration::from_secs(5)).await;
     assert_eq!(llen(&mut conn, "processing:fixed:queue:dns:high").await, 0);
     running.stop().await;
 }

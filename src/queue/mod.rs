@@ -484,13 +484,68 @@ impl Queue {
         Ok(led == 1)
     }
 
-    /// Moves what an older build (per-worker processing lists) left under this worker id back to
-    /// the pop end of its lists. Returns how many.
+    /// Moves what an older build left behind back to the pop end of its lists: the per-worker
+    /// processing lists of this worker id and of registered workers whose heartbeat expired (for
+    /// the lists this worker consumes; no SCAN), and the old delayed set, whose members were
+    /// `<list>\n<body>`. Returns how many.
     pub async fn put_back_legacy(&self) -> redis::RedisResult<usize> {
         let mut conn = self.conn.clone();
         let mut moved = 0;
-        for list in &self.order {
-            let processing = keys::processing(&self.worker, list);
+        let registered: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::WORKERS)
+            .query_async(&mut conn)
+            .await?;
+        let mut owners = vec![self.worker.clone()];
+        for worker in registered {
+            let alive: bool = redis::cmd("EXISTS")
+                .arg(keys::heartbeat(&worker))
+                .query_async(&mut conn)
+                .await?;
+            if !alive && worker != self.worker {
+                owners.push(worker);
+            }
+        }
+        loop {
+            let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+                .arg(keys::LEGACY_DELAYED)
+                .arg(0)
+                .arg(99)
+                .query_async(&mut conn)
+                .await?;
+            if members.is_empty() {
+                break;
+            }
+            for member in members {
+                let Some(cut) = member.iter().position(|b| *b == b'\n') else {
+                    let _: i64 = redis::cmd("ZREM")
+                        .arg(keys::LEGACY_DELAYED)
+                        .arg(&member)
+                        .query_async(&mut conn)
+                        .await?;
+                    continue;
+                };
+                let list = String::from_utf8_lossy(&member[..cut]).into_owned();
+                let _: () = redis::pipe()
+                    .atomic()
+                    .cmd("ZREM")
+                    .arg(keys::LEGACY_DELAYED)
+                    .arg(&member)
+                    .ignore()
+                    .cmd("RPUSH")
+                    .arg(&list)
+                    .arg(&member[cut + 1..])
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await?;
+                moved += 1;
+            }
+        }
+        let pairs: Vec<(String, String)> = owners
+            .iter()
+            .flat_map(|owner| self.order.iter().map(|list| (owner.clone(), list.clone())))
+            .collect();
+        for (owner, list) in &pairs {
+            let processing = keys::processing(owner, list);
             loop {
                 let body: Option<Vec<u8>> = redis::cmd("LMOVE")
                     .arg(&processing)
