@@ -10,7 +10,7 @@ use tracing::{Instrument, info_span, warn};
 
 use super::{MAX_ATTEMPTS_CAP, Worker, stand_in};
 use crate::handlers::Handler;
-use crate::progress::Update;
+use crate::progress::{ATTEMPTS_PLACEHOLDER, Update};
 use crate::queue::{Begun, Claimed, DeadLetter, Then};
 use crate::queues::Policy;
 use crate::task::{Task, TaskStatus};
@@ -146,7 +146,7 @@ impl Worker {
                         step: p.total_steps,
                         total_steps: p.total_steps,
                         message: &message,
-                        attempts: 0,
+                        attempts: ATTEMPTS_PLACEHOLDER,
                         error: None,
                         result: Some(&result),
                         worker: &self.id,
@@ -164,7 +164,7 @@ impl Worker {
                         step: 0,
                         total_steps: p.total_steps,
                         message: &message,
-                        attempts: 0,
+                        attempts: ATTEMPTS_PLACEHOLDER,
                         error: None,
                         result: None,
                         worker: "",

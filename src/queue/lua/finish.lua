@@ -5,13 +5,18 @@
 -- KEYS[1..12]: queue state (common.lua); KEYS[13]: task hash (or any key when not recording),
 -- KEYS[14]: the task's list (for back), KEYS[15]: its idempotency record (KEYS[13] when none).
 -- ARGV[1]: handle, ARGV[2]: fence, ARGV[3]: how, ARGV[4]: delay (ms) or dead-letter entry,
--- ARGV[5]: new body ('' to keep), ARGV[6]: '1' to record, then the record arguments.
+-- ARGV[5]: new body ('' to keep), ARGV[6]: '1' to record, then the record arguments (attempts
+-- may be the placeholder: the hash's count is kept).
 -- Returns 1, or 0 when the claim was lost (a newer attempt owns the task: nothing written).
 local handle, fence, how, extra, body, rec_flag = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 if claim_fence(handle) ~= fence then return 0 end
 if rec_flag == '1' then
   local rec = {}
   for i = 7, #ARGV do rec[#rec + 1] = ARGV[i] end
+  -- rec[21] is the attempts value: the placeholder keeps the count the begin script made.
+  if rec[21] == '4294967295' then
+    rec = patch(rec, redis.call('HGET', KEYS[13], 'attempts') or '0')
+  end
   record(KEYS[13], rec)
   if KEYS[15] ~= KEYS[13] and redis.call('HGET', KEYS[15], 'id') == rec[7] then
     local st = redis.call('HGET', KEYS[13], 'status')
