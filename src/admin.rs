@@ -175,7 +175,7 @@ pub struct WorkerStatus {
     pub alive: bool,
     /// What it said about itself in its heartbeat.
     pub info: Value,
-    /// Tasks in its processing lists.
+    /// Tasks it holds in flight (live claims).
     pub in_flight: u64,
 }
 
@@ -195,17 +195,21 @@ pub async fn status(pool: &Pool, lists: &[String]) -> Result<Status, AdminError>
         .query_async(&mut conn)
         .await?;
     ids.sort();
+    // Live claims are `fence|claimed_ms|worker` by handle.
+    let claims: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(keys::CLAIMS)
+        .query_async(&mut conn)
+        .await?;
     let mut workers = Vec::new();
     for id in ids {
         let info: Option<String> = redis::cmd("GET")
             .arg(keys::heartbeat(&id))
             .query_async(&mut conn)
             .await?;
-        let mut pipe = redis::pipe();
-        for list in lists {
-            pipe.cmd("LLEN").arg(keys::processing(&id, list));
-        }
-        let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+        let counts = [claims
+            .values()
+            .filter(|claim| claim.splitn(3, '|').nth(2) == Some(id.as_str()))
+            .count() as u64];
         workers.push(WorkerStatus {
             id,
             alive: info.is_some(),

@@ -41,7 +41,8 @@ pub struct WorkerConfig {
     #[arg(long, env = "WORKER_ID")]
     pub worker_id: Option<String>,
 
-    /// Seconds without a heartbeat after which a worker counts as dead and its tasks are recovered.
+    /// Lease of a claimed task in seconds (renewed by its worker every third of it); a task whose
+    /// lease runs out is recovered and re-run, and the stale attempt's writes are refused.
     #[arg(long, env = "WORKER_LEASE_S", default_value_t = 15)]
     pub lease_s: u64,
 
@@ -53,7 +54,7 @@ pub struct WorkerConfig {
     #[arg(long, env = "MAX_TASK_BYTES", default_value_t = 1 << 20)]
     pub max_task_bytes: usize,
 
-    /// Times a task may be recovered from dead workers before it is dead-lettered as a poison pill.
+    /// Times a task may be recovered after its lease ran out before it is dead-lettered as a poison pill.
     #[arg(long, env = "MAX_RECOVERIES", default_value_t = 3)]
     pub max_recoveries: u32,
 

@@ -4,9 +4,13 @@
 //! Handlers report each step with [`TaskContext::step`], which is also the cancellation point: a task
 //! cancelled by `orchestrator cancel`, by its timeout or by shutdown gets `Err(TaskError::Cancelled)`
 //! at its next step, and the handler undoes what it created on its way out.
+//!
+//! Each attempt carries the fencing token of its claim ([`TaskContext::fence`]): its progress
+//! writes are refused once a newer attempt owns the task, and the handler then gets
+//! `Err(TaskError::Superseded)` and must stop without undoing the newer attempt's work.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
@@ -27,6 +31,12 @@ pub struct TaskContext {
     /// Why the token was cancelled (user, timeout, shutdown), for the error message.
     cancel_reason: Mutex<Option<String>>,
     services: Arc<Services>,
+    /// The claim this attempt runs under (handle, fence); `None` outside a worker (tests, benches).
+    lease: Option<(String, u64)>,
+    /// Set once the claim is known to be lost.
+    superseded: AtomicBool,
+    /// Set when the worker starts writing the outcome (the finishing script checks the fence).
+    settling: AtomicBool,
 }
 
 impl TaskContext {
@@ -47,7 +57,49 @@ impl TaskContext {
             cancel: CancellationToken::new(),
             cancel_reason: Mutex::new(None),
             services,
+            lease: None,
+            superseded: AtomicBool::new(false),
+            settling: AtomicBool::new(false),
         }
+    }
+
+    /// The same context bound to the claim `handle` with fencing token `fence`.
+    pub fn with_lease(mut self, handle: String, fence: u64) -> Self {
+        self.lease = Some((handle, fence));
+        self
+    }
+
+    /// The fencing token of this attempt: unique and increasing per task (0 outside a worker).
+    /// What a handler creates can carry it, so a rollback removes only its own attempt's work.
+    pub fn fence(&self) -> u64 {
+        self.lease.as_ref().map(|(_, fence)| *fence).unwrap_or(0)
+    }
+
+    /// The claim handle of this attempt, if it runs under one.
+    pub fn handle(&self) -> Option<&str> {
+        self.lease.as_ref().map(|(handle, _)| handle.as_str())
+    }
+
+    /// Whether this attempt lost its claim to a newer one.
+    pub fn is_superseded(&self) -> bool {
+        self.superseded.load(Ordering::SeqCst)
+    }
+
+    /// Marks that the outcome is being written: from now on the finishing script decides whether
+    /// the claim still holds, so a renewal that races with it is not taken for a lost lease.
+    pub fn settle(&self) {
+        self.settling.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the outcome is being written.
+    pub fn is_settling(&self) -> bool {
+        self.settling.load(Ordering::SeqCst)
+    }
+
+    /// Marks the attempt superseded and cancels it, so the handler stops at its next step.
+    pub async fn supersede(&self, reason: &str) {
+        self.superseded.store(true, Ordering::SeqCst);
+        self.cancel(reason).await;
     }
 
     /// The task being run.
@@ -129,7 +181,11 @@ impl TaskContext {
 
     async fn cancelled_error(&self) -> TaskError {
         let reason = self.cancel_reason.lock().await.clone();
-        TaskError::Cancelled(reason.unwrap_or_else(|| "cancelled".into()))
+        let reason = reason.unwrap_or_else(|| "cancelled".into());
+        if self.is_superseded() {
+            return TaskError::Superseded(reason);
+        }
+        TaskError::Cancelled(reason)
     }
 
     /// Publishes a resource lifecycle event (`team:status`, `sandbox:status`).
@@ -156,7 +212,21 @@ impl TaskContext {
             result: None,
             worker: &self.worker,
         };
-        let recorded = progress::record(&mut conn, &self.task, &update).await?;
-        Ok(recorded.cancel_requested)
+        let Some((handle, fence)) = &self.lease else {
+            let recorded = progress::record(&mut conn, &self.task, &update).await?;
+            return Ok(recorded.cancel_requested);
+        };
+        let lease = progress::Lease {
+            handle,
+            fence: *fence,
+        };
+        match progress::record_fenced(&mut conn, &self.task, &update, lease).await? {
+            Some(recorded) => Ok(recorded.cancel_requested),
+            None => {
+                let reason = "a newer attempt owns the task (this one stalled past its lease)";
+                self.supersede(reason).await;
+                Err(TaskError::Superseded(reason.into()))
+            }
+        }
     }
 }

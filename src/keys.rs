@@ -8,8 +8,11 @@ pub const ANONYMOUS_USER: &str = "anonymous";
 
 /// Failed tasks, newest first: JSON entries with the original body and the reason.
 pub const DEAD_LETTER: &str = "queue:dead";
-/// Tasks waiting for a retry or a lock, scored by the time (ms) they become due.
-pub const DELAYED: &str = "queue:delayed";
+/// Tasks waiting for a retry, by handle, scored by the time (ms) they become due (bodies in
+/// [`BODIES`], so two identical bodies stay two entries).
+pub const DELAYED: &str = "{orch}:delayed";
+/// The delayed set of builds before per-task leases (members `<list>\n<body>`): emptied at start.
+pub const LEGACY_DELAYED: &str = "queue:delayed";
 /// Set of the ids of workers that registered; the reaper checks each one's heartbeat.
 pub const WORKERS: &str = "workers";
 /// Lock held by the one worker that reaps dead workers at a time.
@@ -31,7 +34,8 @@ pub fn heartbeat(worker: &str) -> String {
     format!("worker:{worker}")
 }
 
-/// Per-worker processing list: tasks taken from `queue` by `worker` and not yet finished.
+/// Per-worker processing list of versions before per-task leases; only read at start, to hand back
+/// what an older build of this worker id left behind.
 pub fn processing(worker: &str, queue: &str) -> String {
     format!("processing:{worker}:{queue}")
 }
@@ -113,4 +117,58 @@ pub const JOURNALS: &str = "journals";
 /// `created_at`): one slug, one kind, one owner.
 pub fn tenant(slug: &str) -> String {
     format!("tenant:{slug}")
+}
+
+// The delivery state of the queue (see `crate::queue`): fixed keys under one hash tag, so every
+// script touches keys of one Redis Cluster slot besides the contract's names, and every key a
+// script touches is passed in KEYS. The order is the order of `KEYS[1..12]` in every queue script.
+
+/// Live claims: handle -> `fence|claimed_ms|worker`.
+pub const CLAIMS: &str = "{orch}:claims";
+/// In-flight place: handle -> lease deadline (ms), renewed by the owning worker.
+pub const LEASES: &str = "{orch}:leases";
+/// Claimed but not yet begun: handle -> order (the fence of its first claim; kept when it is
+/// recovered before it began), so tasks of one resource begin in claim order.
+pub const UNBEGUN: &str = "{orch}:unbegun";
+/// Bodies of tasks out of their queue list (in flight, waiting, ready, delayed): handle -> body.
+pub const BODIES: &str = "{orch}:bodies";
+/// The list each such task came from: handle -> list name.
+pub const ORIGIN: &str = "{orch}:origin";
+/// Resource locks: resource -> handle of the task holding it.
+pub const LOCKS: &str = "{orch}:locks";
+/// The reverse of [`LOCKS`]: handle -> resource.
+pub const HELD: &str = "{orch}:held";
+/// Waiting place: tasks parked behind a resource's holder, `<resource>\0<order:020>\0<handle>`
+/// (score 0, so lexical order is claim order within a resource).
+pub const WAITING: &str = "{orch}:waiting";
+/// Ready place: handles whose turn on a resource came (they hold its lock), claimed before any list.
+pub const READY: &str = "{orch}:ready";
+/// Fencing token counter: one increment per claim.
+pub const FENCE: &str = "{orch}:fence";
+/// Leadership of the one reaper of expired leases per deployment.
+pub const REAPER_LEAD: &str = "{orch}:lead:reaper";
+/// Leadership of the one promoter of due delayed tasks per deployment.
+pub const PROMOTER_LEAD: &str = "{orch}:lead:promoter";
+
+/// The fixed keys every queue script receives first, in this order.
+pub const QUEUE_STATE: [&str; 12] = [
+    CLAIMS,
+    LEASES,
+    UNBEGUN,
+    BODIES,
+    ORIGIN,
+    LOCKS,
+    HELD,
+    WAITING,
+    READY,
+    DELAYED,
+    DEAD_LETTER,
+    FENCE,
+];
+
+/// Idempotency record of `key`, scoped by the producer's user and the task type: a hash with the
+/// first task's `id`, `since` (ms), and once it finished its `status` and `result`.
+pub fn idempotency_scoped(user: &str, task_type: &str, key: &str) -> String {
+    // The user's length first: user ids may contain ':' and still never collide.
+    format!("{{orch}}:idem:{}:{user}:{task_type}:{key}", user.len())
 }

@@ -8,8 +8,11 @@
 //! - [`acme`]: certificates over ACME (account, orders, DNS-01/HTTP-01, storage for Traefik, renewal).
 //! - [`config`]: every setting, from flags and environment variables, read once.
 //! - [`queues`]: the declared queues and the JSON Schema of every task type (the portal's contract).
-//! - [`queue`]: reliable claiming from prioritized lists, acks, retries, recovery from dead workers.
-//! - [`worker`]: the consuming loop: concurrency, locks, timeouts, heartbeats, shutdown.
+//! - [`queue`]: delivery from the prioritized lists: fenced claims with per-task leases, begin in
+//!   order per resource, finish, lease renewal, recovery of expired leases, delayed retries (one Lua
+//!   script per file in `src/queue/lua/`).
+//! - [`worker`]: one worker process: the claim loop, admission, one attempt's lifecycle, and the
+//!   background loops (lease renewal, reaper, promoter, cancel listener, waiters), shutdown.
 //! - [`task`]: the task envelope, statuses and handler errors.
 //! - [`progress`]: the `task:<id>` hash and the events on `tasks:<user>` and resource channels.
 //! - [`context`]: what a handler sees while it runs (steps, cancellation, services).
@@ -28,8 +31,9 @@
 //!   `/healthz` and `/metrics`, hardened HTTP listeners, graceful shutdown.
 //!
 //! # Invariants
-//! - A task is always in exactly one place: a queue list, one worker's processing list, the delayed
-//!   set, or the dead-letter list (moves between them are atomic).
+//! - A task is always in exactly one place: a queue list, in flight (with a lease), waiting for its
+//!   resource, ready, delayed, or the dead-letter list (every move between them is one script).
+//! - Only the attempt holding a task's current fencing token writes its progress and outcome.
 //! - Every handler is idempotent and undoes what it created when it fails or is cancelled, and only
 //!   that (provisions journal each creation first, see `docker::journal`); a tenant's names are its own.
 //! - Untrusted strings are validated ([`validate`]) before they reach a label, a zone file or a path.

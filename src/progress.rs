@@ -108,6 +108,51 @@ end
 static RECORD: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{RECORD_FN}\nreturn record(KEYS[1], ARGV)\n")));
 
+/// Records one update of a running attempt, refused once the attempt lost its claim
+/// (`queue/lua/progress.lua`).
+static FENCED_RECORD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "#!lua\n{RECORD_FN}\n{}",
+        include_str!("queue/lua/progress.lua")
+    ))
+});
+
+/// The attempt a fenced write speaks for: its claim handle and fencing token.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease<'a> {
+    pub handle: &'a str,
+    pub fence: u64,
+}
+
+/// Records `update` like [`record`], but only while `lease` still holds the task's claim.
+/// `Ok(None)`: the claim is lost (a newer attempt owns the task) and nothing was written.
+pub async fn record_fenced<C>(
+    conn: &mut C,
+    task: &Task,
+    update: &Update<'_>,
+    lease: Lease<'_>,
+) -> redis::RedisResult<Option<Recorded>>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let (seq, cancel): (i64, String) = FENCED_RECORD
+        .key(crate::keys::task(&task.id))
+        .key(crate::keys::CLAIMS)
+        .arg(lease.handle)
+        .arg(lease.fence)
+        .arg(record_args(task, update))
+        .invoke_async(conn)
+        .await?;
+    Ok((seq >= 0).then_some(Recorded {
+        seq: seq as u64,
+        cancel_requested: !cancel.is_empty(),
+    }))
+}
+
+/// Stands for the attempt count in record arguments that a script fills in itself (the count is
+/// kept in Redis, never read-then-written from here).
+pub const ATTEMPTS_PLACEHOLDER: u32 = u32::MAX;
+
 /// What recording an update found.
 #[derive(Debug, Clone, Copy)]
 pub struct Recorded {

@@ -208,6 +208,11 @@ pub enum TaskError {
     /// Cancelled by `orchestrator cancel`, by the task's timeout or by shutdown; the handler undid its work.
     #[error("cancelled: {0}")]
     Cancelled(String),
+    /// This attempt lost its claim (it stalled past its lease and the task was given to a newer
+    /// attempt): it must stop without writing an outcome or undoing what the newer attempt owns.
+    /// Handlers just propagate it with `?`.
+    #[error("superseded: {0}")]
+    Superseded(String),
 }
 
 impl TaskError {

@@ -3,56 +3,22 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use futures::StreamExt;
 use std::time::{Duration, Instant};
 
+use common::tasks::{Events, hash, new_id, ping, push, wait_status};
 use common::worker::{self, WorkerProcess};
 use common::{RedisServer, eventually};
-use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
 
-async fn push(conn: &mut MultiplexedConnection, list: &str, body: &str) {
-    let _: i64 = redis::cmd("LPUSH")
-        .arg(list)
-        .arg(body)
-        .query_async(conn)
-        .await
-        .unwrap();
-}
-
-fn ping(id: &str, payload: Value) -> String {
-    json!({"id": id, "type": "system.ping", "user_id": "tester", "payload": payload}).to_string()
-}
-
-fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-async fn hash(conn: &mut MultiplexedConnection, id: &str) -> HashMap<String, String> {
-    redis::cmd("HGETALL")
-        .arg(format!("task:{id}"))
+async fn zscore(conn: &mut MultiplexedConnection, key: &str, member: &str) -> Option<f64> {
+    redis::cmd("ZSCORE")
+        .arg(key)
+        .arg(member)
         .query_async(conn)
         .await
         .unwrap()
-}
-
-async fn wait_status(
-    conn: &mut MultiplexedConnection,
-    id: &str,
-    status: &str,
-    timeout: Duration,
-) -> HashMap<String, String> {
-    let what = format!("task {id} to be {status}");
-    eventually(&what, timeout, || {
-        let mut conn = conn.clone();
-        async move {
-            let h = hash(&mut conn, id).await;
-            (h.get("status").map(String::as_str) == Some(status)).then_some(h)
-        }
-    })
-    .await
 }
 
 async fn llen(conn: &mut MultiplexedConnection, key: &str) -> i64 {
@@ -70,66 +36,6 @@ async fn dead_entries(conn: &mut MultiplexedConnection) -> Vec<Value> {
     raw.iter()
         .map(|r| serde_json::from_str(r).unwrap())
         .collect()
-}
-
-/// Every task event published while it lives, with the instant it arrived.
-struct Events {
-    seen: Arc<Mutex<Vec<(Instant, Value)>>>,
-    _task: tokio::task::JoinHandle<()>,
-}
-
-impl Events {
-    async fn start(server: &RedisServer) -> Self {
-        let mut pubsub = server.client().get_async_pubsub().await.unwrap();
-        pubsub.psubscribe("tasks:*").await.unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        let task = tokio::spawn(async move {
-            let mut stream = pubsub.into_on_message();
-            while let Some(message) = stream.next().await {
-                let payload: String = message.get_payload().unwrap();
-                let value: Value = serde_json::from_str(&payload).unwrap();
-                sink.lock().unwrap().push((Instant::now(), value));
-            }
-        });
-        Self { seen, _task: task }
-    }
-
-    fn of(&self, id: &str) -> Vec<Value> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, e)| e["task_id"] == id)
-            .map(|(_, e)| e.clone())
-            .collect()
-    }
-
-    fn completed_order(&self) -> Vec<String> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, e)| e["type"] == "task.completed")
-            .map(|(_, e)| e["task_id"].as_str().unwrap().to_string())
-            .collect()
-    }
-
-    /// When the task started running (its first `processing` event) and when it completed.
-    fn span(&self, id: &str) -> (Instant, Instant) {
-        let seen = self.seen.lock().unwrap();
-        let start = seen
-            .iter()
-            .find(|(_, e)| e["task_id"] == id && e["status"] == "processing")
-            .map(|(t, _)| *t)
-            .unwrap();
-        let end = seen
-            .iter()
-            .find(|(_, e)| e["task_id"] == id && e["status"] == "completed")
-            .map(|(t, _)| *t)
-            .unwrap();
-        (start, end)
-    }
 }
 
 #[tokio::test]
@@ -413,7 +319,9 @@ async fn cancellation_stops_a_running_task_and_a_queued_one() {
 
     let running = worker::start(worker::config(&server.url(), queues.path(), &[])).await;
     let cancelled = wait_status(&mut conn, &queued, "cancelled", Duration::from_secs(5)).await;
-    assert_eq!(cancelled["attempts"], "0");
+    // Its handler runs with a cancelled context (so a redelivered task's rollback runs) and stops
+    // before its first step.
+    assert_eq!(cancelled["step"], "0");
 
     let busy = new_id();
     push(
@@ -556,10 +464,9 @@ async fn a_task_survives_its_worker_being_killed_with_sigkill() {
     let running = wait_status(&mut conn, &id, "processing", Duration::from_secs(10)).await;
     assert_eq!(running["worker"], "victim");
     victim.kill9();
-    assert_eq!(
-        llen(&mut conn, "processing:victim:queue:provisioning:high").await,
-        1,
-        "the task is held in the dead worker's processing list, not lost"
+    assert!(
+        zscore(&mut conn, "{orch}:leases", &id).await.is_some(),
+        "the task is held in flight under the dead worker's lease, not lost"
     );
 
     let rescuer = worker::start(worker::config(
@@ -575,10 +482,7 @@ async fn a_task_survives_its_worker_being_killed_with_sigkill() {
         done["worker"], "rescuer",
         "the hash names the worker that finished it"
     );
-    assert_eq!(
-        llen(&mut conn, "processing:victim:queue:provisioning:high").await,
-        0
-    );
+    assert!(zscore(&mut conn, "{orch}:leases", &id).await.is_none());
     let workers: Vec<String> = redis::cmd("SMEMBERS")
         .arg("workers")
         .query_async(&mut conn)
@@ -599,12 +503,28 @@ async fn a_task_whose_workers_keep_dying_is_dead_lettered_as_a_poison_pill() {
     let mut conn = server.conn().await;
     let id = new_id();
     let body = ping(&id, json!({}));
-    // A worker that died holding the task, which has already been recovered three times.
-    push(&mut conn, "processing:ghost:queue:dns:normal", &body).await;
+    // A worker that died holding the task (its lease ran out), which has already been recovered
+    // three times.
     let _: () = redis::pipe()
-        .cmd("SADD")
-        .arg("workers")
-        .arg("ghost")
+        .cmd("HSET")
+        .arg("{orch}:claims")
+        .arg(&id)
+        .arg("7|0|ghost")
+        .ignore()
+        .cmd("ZADD")
+        .arg("{orch}:leases")
+        .arg(0)
+        .arg(&id)
+        .ignore()
+        .cmd("HSET")
+        .arg("{orch}:bodies")
+        .arg(&id)
+        .arg(&body)
+        .ignore()
+        .cmd("HSET")
+        .arg("{orch}:origin")
+        .arg(&id)
+        .arg("queue:dns:normal")
         .ignore()
         .cmd("HSET")
         .arg(format!("task:{id}"))
@@ -760,6 +680,15 @@ async fn a_worker_restarted_under_its_id_hands_back_what_its_previous_life_held(
         &ping(&id, json!({})),
     )
     .await;
+    // And what an older build kept in its delayed set (members `<list>\n<body>`).
+    let delayed = new_id();
+    let _: i64 = redis::cmd("ZADD")
+        .arg("queue:delayed")
+        .arg(0)
+        .arg(format!("queue:dns:normal\n{}", ping(&delayed, json!({}))))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let running = worker::start(worker::config(
         &server.url(),
         queues.path(),
@@ -768,6 +697,7 @@ async fn a_worker_restarted_under_its_id_hands_back_what_its_previous_life_held(
     .await;
     let done = wait_status(&mut conn, &id, "completed", Duration::from_secs(5)).await;
     assert_eq!(done["worker"], "fixed");
+    wait_status(&mut conn, &delayed, "completed", Duration::from_secs(5)).await;
     assert_eq!(llen(&mut conn, "processing:fixed:queue:dns:high").await, 0);
     running.stop().await;
 }

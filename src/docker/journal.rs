@@ -216,7 +216,10 @@ impl Journal {
         self.mark_rolling_back().await.map_err(|e| e.to_string())?;
         let mut first_error: Option<String> = None;
         let mut removed = 0;
-        for entry in entries.iter().rev() {
+        // Fenced: a stale attempt (stalled past its lease) never removes what a newer attempt of
+        // the same task journaled. Fence 0 is a run outside the queue (reconcile, direct calls).
+        let mine = |fence: u64| self.fence == 0 || fence <= self.fence;
+        for entry in entries.iter().rev().filter(|e| mine(e.fence)) {
             match self.undo(engine, services, entry).await {
                 Ok(true) => removed += 1,
                 Ok(false) => {}
@@ -227,7 +230,10 @@ impl Journal {
                 }
             }
         }
+        let newer = entries.iter().any(|e| !mine(e.fence));
         match first_error {
+            // The journal stays while a newer attempt has entries in it: they are that attempt's.
+            None if newer => Ok(removed),
             None => {
                 self.finish().await.map_err(|e| e.to_string())?;
                 Ok(removed)
@@ -245,7 +251,12 @@ impl Journal {
     ) -> Result<bool, String> {
         let ingress = services.config.docker.ingress_container.as_str();
         let ours = |labels: Option<&HashMap<String, String>>| {
+            let created_by = labels
+                .and_then(|l| l.get(LABEL_FENCE))
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
             labels.and_then(|l| l.get(LABEL_TASK)).map(String::as_str) == Some(&self.task_id)
+                && (self.fence == 0 || created_by <= self.fence)
                 && super::owned_by_us(labels)
         };
         let docker = |e: DockerError| e.to_string();

@@ -187,16 +187,11 @@ async fn publish(
     }
 }
 
-/// The fencing token of this attempt, written into journal entries and creation labels.
-/// (`TaskContext::fence` replaces `attempt` once fenced leases land: one line to switch.)
-fn attempt_fence(ctx: &TaskContext) -> u64 {
-    u64::from(ctx.attempt())
-}
-
 /// The creation journal of this run: the task's, or (reconcile --fix, no task) a run of its own.
 fn journal_for(progress: &dyn Progress, services: &Services, kind: Kind, slug: &str) -> Journal {
     let (id, fence) = match progress.context() {
-        Some(ctx) => (ctx.task().id.clone(), attempt_fence(ctx)),
+        // The attempt's fencing token: written into journal entries and creation labels.
+        Some(ctx) => (ctx.task().id.clone(), ctx.fence()),
         None => (format!("reconcile-{}", uuid::Uuid::new_v4()), 0),
     };
     Journal::new(services.redis.clone(), &id, fence, kind, slug)
@@ -331,7 +326,16 @@ pub async fn provision(
             journal.settle_tenant().await?;
             Ok(result)
         }
+        // A newer attempt owns the task: what exists is its work now, leave it alone.
+        Err(error @ TaskError::Superseded(_)) => Err(error),
         Err(error) => {
+            // Fenced before anything is removed: a stale attempt that failed for another reason
+            // learns here that it was superseded.
+            if let Err(superseded @ TaskError::Superseded(_)) =
+                progress.note("Rolling back what this task created").await
+            {
+                return Err(superseded);
+            }
             let message = error.to_string();
             let rollback = journal.rollback(engine, services).await;
             let incomplete = rollback.is_err();
@@ -377,6 +381,7 @@ pub async fn provision(
                 TaskError::Invalid(_) => TaskError::Invalid(message),
                 TaskError::Retryable(_) => TaskError::Retryable(message),
                 TaskError::Failed(_) => TaskError::Failed(message),
+                TaskError::Superseded(_) => TaskError::Superseded(message),
             })
         }
     }

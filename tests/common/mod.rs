@@ -7,8 +7,10 @@ pub mod docker;
 pub mod journey;
 pub mod pebble;
 pub mod platform;
+pub mod proxy;
 pub mod redis_server;
 pub mod sockproxy;
+pub mod tasks;
 pub mod traefik;
 pub mod worker;
 
