@@ -9,8 +9,8 @@
 //! repair views (`teams`, `reconcile`, `plan`) in [`teams`].
 
 pub mod containers;
-pub mod journal;
 pub mod ingress;
+pub mod journal;
 pub mod networks;
 pub mod provision;
 pub mod readiness;
