@@ -38,15 +38,19 @@ fn assert_refused(hash: &HashMap<String, String>, needle: &str) {
     assert!(error.contains(needle), "error {error:?} lacks {needle:?}");
 }
 
-/// Both containers of team `slug` running (and healthy).
+/// Both containers of team `slug` running (and healthy: a provision completes once the containers
+/// answer, which can be before Docker's first healthcheck ran, so that is waited for).
 fn assert_team_running(slug: &str) {
     for service in ["api", "web"] {
-        let c = inspect(&format!("team-{slug}-{service}"));
-        assert_eq!(c["State"]["Running"], true, "team-{slug}-{service}");
-        assert_eq!(
-            c["State"]["Health"]["Status"], "healthy",
-            "team-{slug}-{service}"
-        );
+        let name = format!("team-{slug}-{service}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let mut c = inspect(&name);
+        while c["State"]["Health"]["Status"] == "starting" && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            c = inspect(&name);
+        }
+        assert_eq!(c["State"]["Running"], true, "{name}");
+        assert_eq!(c["State"]["Health"]["Status"], "healthy", "{name}");
     }
     assert_eq!(networks_of(slug), vec![format!("team-{slug}-net")]);
 }
