@@ -27,9 +27,9 @@ use futures::future::FutureExt;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-pub use records::{RecordError, RecordKind, RecordSet};
+pub use records::{RecordError, RecordKind, RecordSet, Zone};
 pub use server::{DnsServer, serve};
-pub use store::{Change, Zone, ZoneStore};
+pub use store::{Change, ZoneStore};
 pub use zonefile::WriteOutcome;
 
 use crate::config::Config;

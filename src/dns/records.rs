@@ -1,5 +1,6 @@
 //! Record types of the platform zone and the validation of every untrusted owner name and value
-//! before it reaches Redis, a zone file or the wire.
+//! before it reaches Redis, a zone file or the wire; and [`Zone`], the whole zone at one serial (what
+//! the store reads and the zone file and the server render).
 //!
 //! The rule is "nothing a zone file or the DNS wire format could misread passes": owner names are
 //! lowercase labels of `[a-z0-9_-]` (1 to 63 bytes, no leading or trailing `-`, `*` only as a whole
@@ -366,5 +367,25 @@ mod tests {
         assert!(canonical_value(RecordKind::Txt, "a\nb").is_err());
         assert!(canonical_value(RecordKind::Txt, "say \"hi\" \\ ; ok").is_ok());
         assert!(canonical_value(RecordKind::Txt, &"x".repeat(MAX_TXT + 1)).is_err());
+    }
+}
+
+/// The whole zone at one serial, as read from Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Zone {
+    /// Zone origin, fully qualified with a trailing dot (`localhost.`).
+    pub origin: String,
+    /// SOA serial of this state (0 before the first change).
+    pub serial: u32,
+    /// Every record set, sorted by owner (apex first) then type.
+    pub sets: Vec<RecordSet>,
+}
+
+impl Zone {
+    /// The set of `kind` at `owner` (relative), if any.
+    pub fn get(&self, owner: &str, kind: RecordKind) -> Option<&RecordSet> {
+        self.sets
+            .iter()
+            .find(|s| s.owner == owner && s.kind == kind)
     }
 }

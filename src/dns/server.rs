@@ -27,8 +27,9 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::records::Zone;
 use super::records::{RecordKind, RecordSet};
-use super::store::{Zone, ZoneStore};
+use super::store::ZoneStore;
 use super::{DnsError, zonefile};
 use crate::config::Config;
 

@@ -16,7 +16,7 @@ use deadpool_redis::redis::{self, Script};
 use serde::{Deserialize, Serialize};
 
 use super::DnsError;
-use super::records::{self, RecordKind, RecordSet};
+use super::records::{self, RecordKind, RecordSet, Zone};
 use super::zonefile::{self, WriteOutcome};
 use crate::config::Config;
 use crate::keys;
@@ -136,26 +136,6 @@ static SNAPSHOT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SNAPSHOT
 struct StoredSet {
     ttl: u32,
     values: Vec<String>,
-}
-
-/// The whole zone at one serial, as read from Redis.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Zone {
-    /// Zone origin, fully qualified with a trailing dot (`localhost.`).
-    pub origin: String,
-    /// SOA serial of this state (0 before the first change).
-    pub serial: u32,
-    /// Every record set, sorted by owner (apex first) then type.
-    pub sets: Vec<RecordSet>,
-}
-
-impl Zone {
-    /// The set of `kind` at `owner` (relative), if any.
-    pub fn get(&self, owner: &str, kind: RecordKind) -> Option<&RecordSet> {
-        self.sets
-            .iter()
-            .find(|s| s.owner == owner && s.kind == kind)
-    }
 }
 
 /// What a change did.

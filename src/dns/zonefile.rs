@@ -14,8 +14,8 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::DnsError;
+use super::records::Zone;
 use super::records::{RecordKind, RecordSet};
-use super::store::Zone;
 
 /// SOA timers: refresh, retry, expire, and minimum (the negative-caching TTL, kept short so a
 /// name created just after a miss, like an ACME challenge, is not hidden for long).
