@@ -2,7 +2,8 @@
 //! unreachable) leaves a live team and a retained volume alone; the engine lost mid-provision is
 //! retried and converges with nothing left over; DNS and certificate tasks are refused outside
 //! what their user owns while the victim keeps resolving and keeps its certificate; a team and a
-//! sandbox never share a slug. Real Docker, Redis, Pebble and the embedded DNS server (`dig`).
+//! sandbox never share a slug; a provision frozen past its lease and superseded never undoes (nor
+//! marks failed) what the newer attempt built. Real Docker, Redis, Pebble and the embedded DNS server (`dig`).
 
 mod common;
 
@@ -757,4 +758,251 @@ async fn a_dns_listen_address_in_use_fails_the_start() {
         Err(err) => err.to_string(),
     };
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+}
+
+/// A copy of the repository's templates whose team healthchecks run every `interval_s` seconds
+/// through a shell (no URL the worker could probe directly: Docker's health status alone decides
+/// readiness), so a provision waits in "Waiting for containers to become healthy" long enough to
+/// freeze its worker there. The folder lives as long as the returned guard.
+fn slow_health_templates(interval_s: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = common::docker::root().join("templates");
+    let team = std::fs::read_to_string(root.join("team.yml")).unwrap();
+    let slow = team
+        .replace("interval: 1s", &format!("interval: {interval_s}s"))
+        .replace(
+            r#"test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:80/"]"#,
+            r#"test: ["CMD-SHELL", "wget -q -O /dev/null http://127.0.0.1:80/"]"#,
+        )
+        .replace(
+            r#"test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8000/api/health"]"#,
+            r#"test: ["CMD-SHELL", "wget -q -O /dev/null http://127.0.0.1:8000/api/health"]"#,
+        );
+    assert_eq!(
+        slow.matches("CMD-SHELL").count(),
+        2,
+        "healthchecks replaced"
+    );
+    std::fs::write(dir.path().join("team.yml"), slow).unwrap();
+    std::fs::copy(root.join("sandbox.yml"), dir.path().join("sandbox.yml")).unwrap();
+    dir
+}
+
+/// Every `team:status` event published while it lives.
+fn team_status_events(
+    server: &common::RedisServer,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use futures::StreamExt;
+    let client = server.client();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let (ready, subscribed) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut pubsub = client.get_async_pubsub().await.unwrap();
+        pubsub.subscribe("team:status").await.unwrap();
+        let _ = ready.send(());
+        let mut stream = pubsub.on_message();
+        while let Some(message) = stream.next().await {
+            let payload: String = message.get_payload().unwrap();
+            sink.lock()
+                .unwrap()
+                .push(serde_json::from_str(&payload).unwrap());
+        }
+    });
+    tokio::task::block_in_place(|| subscribed.blocking_recv().unwrap());
+    (seen, task)
+}
+
+/// A provision whose worker is frozen (SIGSTOP) past its lease while it waits for the containers'
+/// health is re-claimed and completed by another worker. The frozen attempt, resumed once the live
+/// one completed, learns it was superseded and stops: it neither rolls back what exists (the
+/// containers it created and the newer attempt adopted), nor marks the team failed, nor finishes
+/// the task a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_provision_never_removes_what_the_newer_attempt_built() {
+    stalled_provision(5, Resume::AfterCompletion).await;
+}
+
+/// The same, the frozen attempt resumed while the newer attempt still waits for the health of the
+/// containers it adopted: the journal then still lists them under the stale attempt's fence, and
+/// a rollback would remove them from under the newer attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_provision_resumed_mid_takeover_removes_nothing() {
+    stalled_provision(15, Resume::WhileLiveWaits).await;
+}
+
+/// When the frozen worker of [`stalled_provision`] is resumed.
+#[derive(PartialEq)]
+enum Resume {
+    AfterCompletion,
+    WhileLiveWaits,
+}
+
+/// Team healthchecks every `interval_s` s; worker "stale" (process, 2 s lease) is frozen in
+/// "Waiting for containers", worker "live" (in this process) re-claims and completes the task,
+/// the stale one is resumed per `resume`; everything the live attempt completed must be intact.
+async fn stalled_provision(interval_s: u32, resume: Resume) {
+    use common::tasks::{Events, assert_one_place, hash, wait_status};
+    use common::worker::{WorkerProcess, repo_path};
+
+    build_images();
+    let slug = unique_slug("fence");
+    let _cleanup = Cleanup::new(&[&slug]);
+    let server = common::RedisServer::start();
+    let mut conn = server.conn().await;
+    let events = Events::start(&server).await;
+    let (team_events, _team_events_task) = team_status_events(&server);
+    let templates = slow_health_templates(interval_s);
+    let dir = tempfile::tempdir().unwrap();
+    let path = |p: &str| dir.path().join(p).display().to_string();
+    let (templates_dir, certs, account) = (
+        templates.path().display().to_string(),
+        path("certs"),
+        path("acme/account.json"),
+    );
+    let queues = repo_path("queues");
+    let shared = [
+        ("TEMPLATES_DIR", templates_dir.as_str()),
+        ("DOMAIN", "localhost"),
+        ("INGRESS_CONTAINER", ""),
+        ("HEALTH_TIMEOUT_S", "60"),
+        ("CERTS_DIR", certs.as_str()),
+        ("ACME_ACCOUNT_FILE", account.as_str()),
+        ("RENEWAL_SCHEDULER", "false"),
+        ("TRAEFIK_DYNAMIC_DIR", ""),
+        ("WORKER_LEASE_S", "2"),
+    ];
+    let mut env = shared.to_vec();
+    env.push(("WORKER_ID", "stale"));
+    let stale = WorkerProcess::spawn(&server.url(), &queues, &env);
+
+    let id = common::tasks::new_id();
+    let body = json!({"id": id, "type": "team.provision", "user_id": "alice",
+                      "payload": {"slug": slug}});
+    common::tasks::push(&mut conn, PROVISIONING, &body.to_string()).await;
+    // Freeze the stale worker while it waits for the health of the containers it created.
+    let waiting = common::eventually("the stale worker to wait for health", LONG, || {
+        let mut conn = conn.clone();
+        let id = id.clone();
+        async move {
+            let h = hash(&mut conn, &id).await;
+            (h.get("message")
+                .is_some_and(|m| m.starts_with("Waiting for containers")))
+            .then_some(h)
+        }
+    })
+    .await;
+    stale.signal("STOP");
+    assert_eq!(waiting["worker"], "stale", "{waiting:#?}");
+    assert_eq!(waiting["attempts"], "1", "{waiting:#?}");
+    let built: Vec<serde_json::Value> = ["api", "web"]
+        .iter()
+        .map(|s| inspect(&format!("team-{slug}-{s}"))["Id"].clone())
+        .collect();
+    assert_eq!(
+        inspect(&format!("team-{slug}-api"))["Config"]["Labels"]["orchestrator.attempt"],
+        "1"
+    );
+
+    // Past the lease, a live worker re-claims the task and completes it (adopting the containers).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut flags: Vec<&str> = vec!["--worker-id", "live", "--lease-s", "2"];
+    for (flag, value) in [
+        ("--templates-dir", templates_dir.as_str()),
+        ("--domain", "localhost"),
+        ("--ingress-container", ""),
+        ("--health-timeout-s", "60"),
+        ("--certs-dir", certs.as_str()),
+        ("--acme-account-file", account.as_str()),
+        ("--renewal-scheduler", "false"),
+    ] {
+        flags.extend([flag, value]);
+    }
+    let live = common::worker::start(common::worker::config(&server.url(), &queues, &flags)).await;
+    if resume == Resume::WhileLiveWaits {
+        common::eventually("the live worker to wait for health", LONG, || {
+            let mut conn = conn.clone();
+            let id = id.clone();
+            async move {
+                let h = hash(&mut conn, &id).await;
+                (h["worker"] == "live"
+                    && h.get("message")
+                        .is_some_and(|m| m.starts_with("Waiting for containers")))
+                .then_some(())
+            }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Still waiting (the first healthcheck is due `interval_s` after the containers started).
+        assert_eq!(status(&hash(&mut conn, &id).await), "processing");
+        stale.signal("CONT");
+    }
+    let done = wait_status(&mut conn, &id, "completed", Duration::from_secs(90)).await;
+    assert_eq!(done["worker"], "live", "{done:#?}");
+    assert_eq!(done["attempts"], "2", "{done:#?}");
+    if resume == Resume::AfterCompletion {
+        stale.signal("CONT");
+    }
+    // Long enough for the resumed stale attempt to run into its refusal.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // The team the newer attempt completed is intact: the same containers, running and healthy,
+    // its network, its record, its claim; nothing journaled is left to roll back.
+    assert_team_running(&slug);
+    let now: Vec<serde_json::Value> = ["api", "web"]
+        .iter()
+        .map(|s| inspect(&format!("team-{slug}-{s}"))["Id"].clone())
+        .collect();
+    assert_eq!(now, built, "the containers were replaced");
+    assert_eq!(volumes_of(&slug), vec![format!("team-{slug}-data")]);
+    let record: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("team:{slug}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(status(&record), "active", "{record:#?}");
+    let owner: Option<String> = redis::cmd("HGET")
+        .arg(format!("tenant:{slug}"))
+        .arg("owner")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(owner.as_deref(), Some("alice"));
+    let journals: Vec<String> = redis::cmd("KEYS")
+        .arg("journal*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(journals.is_empty(), "{journals:?}");
+    // Nobody announced the team failed; the last word about it is the live attempt's "active".
+    let about: Vec<serde_json::Value> = team_events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource_id"] == slug.as_str())
+        .cloned()
+        .collect();
+    assert!(about.iter().all(|e| e["status"] != "failed"), "{about:#?}");
+    assert_eq!(
+        about.last().map(|e| &e["status"]),
+        Some(&json!("active")),
+        "{about:#?}"
+    );
+    // The task: completed by the live worker, once, and in no queue.
+    let end = hash(&mut conn, &id).await;
+    assert_completed(&end);
+    assert_eq!(end["worker"], "live", "{end:#?}");
+    assert_eq!(events.completions(&id), 1, "{:#?}", events.of(&id));
+    assert_one_place(&mut conn, std::slice::from_ref(&id)).await;
+
+    let delete = common::tasks::new_id();
+    let body = json!({"id": delete, "type": "team.delete", "user_id": "alice",
+                      "payload": {"slug": slug, "purge_data": true}});
+    common::tasks::push(&mut conn, PROVISIONING, &body.to_string()).await;
+    wait_status(&mut conn, &delete, "completed", LONG).await;
+    assert!(containers_of(&slug).is_empty());
+    live.stop().await;
 }
