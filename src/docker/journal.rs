@@ -409,6 +409,13 @@ pub async fn abandoned(services: &Services) -> Result<Vec<Pending>, TaskError> {
             status.as_deref(),
             Some("queued") | Some("processing") | Some("retrying")
         );
+        if status.as_deref() == Some("completed") {
+            // A completed provision converged: everything of the tenant is the tenant's now. A
+            // journal left behind (a superseded attempt resumed and wrote to it after the newer
+            // one finished) must not be rolled back: dropped instead.
+            forget(&services.redis, &p.task_id).await?;
+            continue;
+        }
         if !running {
             found.push(p);
         }
