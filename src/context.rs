@@ -26,6 +26,10 @@ pub struct TaskContext {
     attempt: u32,
     total_steps: u32,
     step: AtomicU32,
+    /// Held while a step or a note is numbered and written: work running alongside the steps (the
+    /// certificate order of a provision) can't slip a note between a step's number and its title,
+    /// so every step's first event is its title and a step's notes come after it.
+    reporting: Mutex<()>,
     worker: String,
     cancel: CancellationToken,
     /// Why the token was cancelled (user, timeout, shutdown), for the error message.
@@ -53,6 +57,7 @@ impl TaskContext {
             attempt,
             total_steps,
             step: AtomicU32::new(0),
+            reporting: Mutex::new(()),
             worker,
             cancel: CancellationToken::new(),
             cancel_reason: Mutex::new(None),
@@ -137,8 +142,11 @@ impl TaskContext {
     /// step and its message in the progress hash and on the task's channel.
     pub async fn step(&self, message: impl AsRef<str>) -> Result<(), TaskError> {
         self.checkpoint().await?;
-        let step = self.step.fetch_add(1, Ordering::Relaxed) + 1;
-        let cancel_requested = self.report(step, message.as_ref()).await?;
+        let cancel_requested = {
+            let _numbering = self.reporting.lock().await;
+            let step = self.step.fetch_add(1, Ordering::Relaxed) + 1;
+            self.report(step, message.as_ref()).await?
+        };
         if cancel_requested {
             self.cancel("cancelled by request").await;
             return Err(self.cancelled_error().await);
@@ -148,6 +156,7 @@ impl TaskContext {
 
     /// Reports a message within the current step (e.g. "waiting for health: 2/3 healthy").
     pub async fn note(&self, message: impl AsRef<str>) -> Result<(), TaskError> {
+        let _numbering = self.reporting.lock().await;
         self.report(self.current_step(), message.as_ref()).await?;
         Ok(())
     }
