@@ -331,6 +331,34 @@ async fn http01_issues_a_verifiable_certificate_for_one_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_that_forgot_the_account_gets_a_new_one_and_the_order_goes_through() {
+    let mut env = env().await;
+    env.run(
+        "certificate.issue",
+        json!({"domains": ["forgot-a.localhost"], "challenge": "http-01"}),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.pebble.log()));
+    let account = env.dir.path().join("acme/account.json");
+    let before = std::fs::read(&account).unwrap();
+
+    // Pebble keeps accounts in memory: restarted, it answers accountDoesNotExist to the stored one.
+    env.pebble.restart();
+    let (result, _) = env
+        .run_task(
+            "certificate.issue",
+            json!({"domains": ["forgot-b.localhost"], "challenge": "http-01"}),
+        )
+        .await;
+    let result = result.unwrap_or_else(|e| panic!("{e}\n{}", env.pebble.log()));
+    assert_eq!(result["issued"], true);
+    assert_stored(&env, "forgot-b-localhost", &["forgot-b.localhost"]).await;
+    let after = std::fs::read(&account).unwrap();
+    assert_ne!(after, before, "a new account was registered and stored");
+    assert_eq!(mode(&account), 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http01_issues_one_certificate_for_several_names() {
     let env = env().await;
     let names = ["b.localhost", "a.localhost", "team-c.localhost"];

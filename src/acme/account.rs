@@ -90,6 +90,29 @@ pub async fn load_or_create(config: &AcmeConfig) -> Result<Account, AcmeError> {
     }
 }
 
+/// Removes the account file if it still holds the account `id` (its URL at the CA): the CA
+/// answered that it does not know it, and the next [`load_or_create`] registers a new one. A file
+/// another worker already replaced is left alone.
+pub fn forget(config: &AcmeConfig, id: &str) -> Result<(), AcmeError> {
+    let path = &config.acme_account_file;
+    let Some(file) = read(path)? else {
+        return Ok(());
+    };
+    // The credentials keep their id private; their serialised form names it.
+    let held = serde_json::to_value(&file.credentials)
+        .ok()
+        .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string));
+    if held.as_deref() != Some(id) {
+        return Ok(());
+    }
+    tracing::warn!(file = %path.display(), account = %id, "the CA no longer knows this ACME account; removing its file");
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(AcmeError::file(path, e)),
+    }
+}
+
 /// Reads the account file; `None` when there is none.
 fn read(path: &Path) -> Result<Option<AccountFile>, AcmeError> {
     match std::fs::read(path) {

@@ -115,6 +115,14 @@ async fn cancellable<T>(ctx: &TaskContext, fut: impl Future<Output = T>) -> Resu
     }
 }
 
+/// Whether the CA says it does not know the account we signed with (RFC 8555 §7.3.1).
+fn account_is_unknown(problem: &instant_acme::Problem) -> bool {
+    problem
+        .r#type
+        .as_deref()
+        .is_some_and(|t| t.ends_with(":accountDoesNotExist"))
+}
+
 /// Polls of the order: quick at first (Pebble validates at once), patient for a real CA.
 fn polling() -> RetryPolicy {
     RetryPolicy::new()
@@ -129,8 +137,8 @@ pub struct Acme {
     redis: deadpool_redis::Pool,
     dns: Arc<dyn ChallengeDns>,
     store: CertStore,
-    /// The account, loaded (or created) at first use.
-    account: tokio::sync::OnceCell<Account>,
+    /// The account, loaded (or created) at first use; dropped when the CA no longer knows it.
+    account: tokio::sync::Mutex<Option<Account>>,
 }
 
 impl Acme {
@@ -146,7 +154,7 @@ impl Acme {
             redis,
             dns,
             store,
-            account: tokio::sync::OnceCell::new(),
+            account: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -177,11 +185,27 @@ impl Acme {
     }
 
     /// The ACME account, created on first use.
-    pub async fn account(&self) -> Result<&Account, TaskError> {
-        Ok(self
-            .account
-            .get_or_try_init(|| super::account::load_or_create(&self.config.acme))
-            .await?)
+    pub async fn account(&self) -> Result<Account, TaskError> {
+        let mut cached = self.account.lock().await;
+        if let Some(account) = cached.as_ref() {
+            return Ok(account.clone());
+        }
+        let account = super::account::load_or_create(&self.config.acme).await?;
+        *cached = Some(account.clone());
+        Ok(account)
+    }
+
+    /// Forgets `stale`, an account the CA answered `accountDoesNotExist` for (a CA that lost its
+    /// state, such as a restarted Pebble, or an account deactivated elsewhere), so the next
+    /// [`Self::account`] registers a new one. Another task may have done so already: only that
+    /// very account is dropped.
+    async fn forget_account(&self, stale: &Account) -> Result<(), TaskError> {
+        let mut cached = self.account.lock().await;
+        if cached.as_ref().is_some_and(|a| a.id() == stale.id()) {
+            *cached = None;
+        }
+        super::account::forget(&self.config.acme, stale.id())?;
+        Ok(())
     }
 
     /// The platform zone without its trailing dot (`localhost`).
@@ -310,9 +334,22 @@ impl Acme {
             .iter()
             .map(|d| Identifier::Dns(d.clone()))
             .collect();
-        let mut order = cancellable(ctx, account.new_order(&NewOrder::new(&identifiers)))
-            .await?
-            .map_err(|e| AcmeError::from_acme("create the order", e))?;
+        let new_order = NewOrder::new(&identifiers);
+        let mut order = match cancellable(ctx, account.new_order(&new_order)).await? {
+            Err(instant_acme::Error::Api(problem)) if account_is_unknown(&problem) => {
+                say(
+                    ctx,
+                    report,
+                    "The CA no longer knows the ACME account; registering a new one",
+                )
+                .await?;
+                self.forget_account(&account).await?;
+                let account = cancellable(ctx, self.account()).await??;
+                cancellable(ctx, account.new_order(&new_order)).await?
+            }
+            other => other,
+        }
+        .map_err(|e| AcmeError::from_acme("create the order", e))?;
 
         say(
             ctx,

@@ -24,6 +24,8 @@ pub struct Pebble {
     pub http_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Where every DNS lookup goes (`-dnsserver`), kept for [`Pebble::restart`].
+    dns_server: Option<SocketAddr>,
 }
 
 impl Pebble {
@@ -60,42 +62,63 @@ impl Pebble {
         });
         let config_path = dir.path().join("pebble-config.json");
         std::fs::write(&config_path, config.to_string()).unwrap();
-        let log = std::fs::File::create(dir.path().join("pebble.log")).unwrap();
+        let mut pebble = Self {
+            port,
+            management_port,
+            http_port,
+            dir,
+            child: None,
+            dns_server,
+        };
+        pebble.spawn();
+        pebble
+    }
+
+    /// Stops Pebble and starts it again on the same ports and listener certificate: a CA that
+    /// lost its state (Pebble keeps accounts and orders in memory only; its roots change too).
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("pebble.log"))
+            .unwrap();
         let mut command = Command::new("pebble");
         command
             .arg("-config")
-            .arg(&config_path)
+            .arg(self.dir.path().join("pebble-config.json"))
             .arg("-strict=false")
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        if let Some(dns) = dns_server {
+        if let Some(dns) = self.dns_server {
             command.arg("-dnsserver").arg(dns.to_string());
         }
-        let child = command
-            .spawn()
-            .expect("start pebble (is it installed? .ci/run installs the `pebble` package)");
-        let pebble = Self {
-            port,
-            management_port,
-            http_port,
-            dir,
-            child: Some(child),
-        };
+        self.child = Some(
+            command
+                .spawn()
+                .expect("start pebble (is it installed? .ci/run installs the `pebble` package)"),
+        );
         let deadline = Instant::now() + Duration::from_secs(15);
-        for p in [port, management_port] {
+        for p in [self.port, self.management_port] {
             while TcpStream::connect(("127.0.0.1", p)).is_err() {
                 assert!(
                     Instant::now() < deadline,
                     "pebble did not listen on {p}; log:\n{}",
-                    pebble.log()
+                    self.log()
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        pebble
     }
 
     /// The ACME directory URL.
