@@ -6,7 +6,7 @@ mod common;
 use futures::StreamExt;
 use std::time::{Duration, Instant};
 
-use common::tasks::{Events, hash, new_id, ping, push, wait_status};
+use common::tasks::{Events, dead_entries, hash, new_id, ping, push, wait_status};
 use common::worker::{self, WorkerProcess};
 use common::{RedisServer, eventually};
 use redis::aio::MultiplexedConnection;
@@ -23,19 +23,6 @@ async fn zscore(conn: &mut MultiplexedConnection, key: &str, member: &str) -> Op
 
 async fn llen(conn: &mut MultiplexedConnection, key: &str) -> i64 {
     redis::cmd("LLEN").arg(key).query_async(conn).await.unwrap()
-}
-
-async fn dead_entries(conn: &mut MultiplexedConnection) -> Vec<Value> {
-    let raw: Vec<String> = redis::cmd("LRANGE")
-        .arg("queue:dead")
-        .arg(0)
-        .arg(-1)
-        .query_async(conn)
-        .await
-        .unwrap();
-    raw.iter()
-        .map(|r| serde_json::from_str(r).unwrap())
-        .collect()
 }
 
 #[tokio::test]

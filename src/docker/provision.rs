@@ -467,22 +467,7 @@ async fn converge_with_certificate(
                 "resolver": config.platform.traefik_certresolver,
             })),
             Some(ctx) if options.certificate => {
-                let name = rendered.kind.prefix(&rendered.slug);
-                // Journaled before it is ordered: a failed run removes only a certificate it made.
-                let journaled = match services.certificates.has_certificate(&name).await {
-                    Ok(true) => Ok(()),
-                    Ok(false) => journal.record(EntryKind::Certificate, &name).await,
-                    Err(e) => Err(e),
-                };
-                match journaled {
-                    Ok(()) => {
-                        services
-                            .certificates
-                            .ensure_certificate(ctx, &name, &[host(config, &rendered.slug)])
-                            .await
-                    }
-                    Err(e) => Err(e),
-                }
+                order_certificate(services, ctx, rendered, journal).await
             }
             _ => Ok(Value::Null),
         };
@@ -495,6 +480,25 @@ async fn converge_with_certificate(
         futures::future::Either::Left((result, _order)) => result,
         futures::future::Either::Right(((), converge)) => converge.await,
     }
+}
+
+/// Orders the tenant's certificate, journaled first (a failed run removes only a certificate it
+/// made, never one the tenant already had).
+async fn order_certificate(
+    services: &Services,
+    ctx: &TaskContext,
+    rendered: &Rendered,
+    journal: &Journal,
+) -> Result<Value, TaskError> {
+    let name = rendered.kind.prefix(&rendered.slug);
+    if !services.certificates.has_certificate(&name).await? {
+        journal.record(EntryKind::Certificate, &name).await?;
+    }
+    let host = host(&services.config, &rendered.slug);
+    services
+        .certificates
+        .ensure_certificate(ctx, &name, &[host])
+        .await
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::StreamExt;
-use orchestrator::app::{self, RunningWorker};
+use orchestrator::app::RunningWorker;
 use orchestrator::config::Config;
 use serde_json::{Value, json};
 
-use super::dns::dig;
 use super::pebble::Pebble;
 use super::{RedisServer, eventually, free_port};
 
@@ -122,19 +121,7 @@ impl Stack {
         let mut args = kept;
         args.extend(extra.iter().cloned());
         let config = Arc::new(Args::parse_from(args).config);
-        let worker = app::start_worker(config.clone())
-            .await
-            .expect("start the worker");
-        // The embedded server starts in the background: wait until it answers for the zone.
-        eventually(
-            "the embedded DNS server to answer",
-            Duration::from_secs(15),
-            || async move {
-                let answer = dig(dns, "ns.localhost", "A", &[]);
-                (answer.status == "NOERROR" && !answer.values("A").is_empty()).then_some(())
-            },
-        )
-        .await;
+        let worker = super::worker::start_answering(config.clone(), dns).await;
         Self {
             redis,
             pebble,

@@ -12,13 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use orchestrator::app::{self, RunningWorker};
+use orchestrator::app::RunningWorker;
 use orchestrator::config::Config;
 use serde_json::{Value, json};
 
-use super::dns::dig;
 use super::pebble::Pebble;
-use super::{RedisServer, eventually, free_port};
+use super::{RedisServer, free_port};
 
 #[derive(Parser)]
 struct Args {
@@ -100,18 +99,7 @@ impl Platform {
             args.push(v);
         }
         let config = Arc::new(Args::parse_from(args).config);
-        let worker = app::start_worker(config.clone())
-            .await
-            .expect("start the worker");
-        eventually(
-            "the embedded DNS server to answer",
-            Duration::from_secs(15),
-            || async move {
-                let answer = dig(dns, "ns.localhost", "A", &[]);
-                (answer.status == "NOERROR" && !answer.values("A").is_empty()).then_some(())
-            },
-        )
-        .await;
+        let worker = super::worker::start_answering(config.clone(), dns).await;
         Self {
             redis,
             pebble,

@@ -218,21 +218,25 @@ pub async fn places(conn: &mut MultiplexedConnection) -> HashMap<String, Vec<Str
             .or_default()
             .push("ready".into());
     }
-    let dead: Vec<String> = redis::cmd("LRANGE")
+    for entry in dead_entries(conn).await {
+        let id = entry["id"].as_str().map(String::from).unwrap_or_default();
+        found.entry(id).or_default().push("dead".into());
+    }
+    found
+}
+
+/// The dead-letter entries (`queue:dead`), newest first.
+pub async fn dead_entries(conn: &mut MultiplexedConnection) -> Vec<Value> {
+    let raw: Vec<String> = redis::cmd("LRANGE")
         .arg("queue:dead")
         .arg(0)
         .arg(-1)
         .query_async(conn)
         .await
         .unwrap();
-    for entry in dead {
-        let id = serde_json::from_str::<Value>(&entry)
-            .ok()
-            .and_then(|v| v["id"].as_str().map(String::from))
-            .unwrap_or_default();
-        found.entry(id).or_default().push("dead".into());
-    }
-    found
+    raw.iter()
+        .map(|r| serde_json::from_str(r).unwrap())
+        .collect()
 }
 
 /// Asserts the invariant for `ids`: a completed or cancelled task is in no place, a failed one

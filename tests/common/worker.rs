@@ -53,6 +53,22 @@ pub async fn start(config: Config) -> RunningWorker {
         .expect("start worker")
 }
 
+/// Starts a worker in this process running the embedded DNS server on `dns`, and waits until that
+/// server answers for the zone (it starts in the background).
+pub async fn start_answering(config: Arc<Config>, dns: std::net::SocketAddr) -> RunningWorker {
+    let worker = app::start_worker(config).await.expect("start the worker");
+    super::eventually(
+        "the embedded DNS server to answer",
+        std::time::Duration::from_secs(15),
+        || async move {
+            let answer = super::dns::dig(dns, "ns.localhost", "A", &[]);
+            (answer.status == "NOERROR" && !answer.values("A").is_empty()).then_some(())
+        },
+    )
+    .await;
+    worker
+}
+
 /// Queue declarations for mechanics tests: the real lists, `system.ping` everywhere, short backoff,
 /// and `test.no_handler` (declared, with a schema, but no handler) on the dns family.
 pub fn quick_queues() -> tempfile::TempDir {
