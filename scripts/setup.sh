@@ -17,6 +17,9 @@ have openssl || need+=(openssl)
 have curl || need+=(curl)
 have iptables || need+=(iptables)
 have docker-compose || need+=(docker-compose)
+# Headless Chromium and its WebDriver for the admin console's browser tests (tests/console.rs).
+have chromium || need+=(chromium)
+have chromedriver || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -333,6 +333,344 @@ pub async fn task_hash(pool: &Pool, id: &str) -> Result<BTreeMap<String, String>
         .await?)
 }
 
+// Reads for the admin console (`crate::console`): where each task is and what it carried. Every
+// read of the delivery state goes through these functions, so a change of the queue's layout is
+// adapted here only.
+
+/// A task out of its queue list, as the console shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Held {
+    /// The task id (the claim handle without its `~<fence>` suffix).
+    pub id: String,
+    /// `in_flight`, `waiting` (behind its resource's holder), `ready` or `delayed`.
+    pub place: &'static str,
+    /// The worker holding it (in flight).
+    pub worker: Option<String>,
+    /// When it was claimed (ms since the epoch; in flight).
+    pub claimed_ms: Option<u64>,
+    /// Its lease deadline (in flight) or when it is due (delayed), ms since the epoch.
+    pub due_ms: Option<u64>,
+    /// The list it came from.
+    pub list: String,
+    /// Its body as the producer pushed it.
+    pub body: String,
+}
+
+/// The task id a claim handle stands for (`<id>` or `<id>~<fence>`).
+fn id_of_handle(handle: &str) -> &str {
+    handle.split('~').next().unwrap_or(handle)
+}
+
+/// Every task out of its list: in flight, waiting for or ready to take its resource, delayed
+/// (at most `limit` delayed ones, soonest first).
+pub async fn held(pool: &Pool, limit: usize) -> Result<Vec<Held>, AdminError> {
+    let mut conn = pool.get().await?;
+    let (claims, leases, waiting, ready, delayed): (
+        BTreeMap<String, String>,
+        Vec<(String, f64)>,
+        Vec<String>,
+        Vec<String>,
+        Vec<(String, f64)>,
+    ) = redis::pipe()
+        .cmd("HGETALL")
+        .arg(keys::CLAIMS)
+        .cmd("ZRANGE")
+        .arg(keys::LEASES)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .cmd("ZRANGE")
+        .arg(keys::WAITING)
+        .arg(0)
+        .arg(limit.max(1) as i64 - 1)
+        .cmd("LRANGE")
+        .arg(keys::READY)
+        .arg(0)
+        .arg(limit.max(1) as i64 - 1)
+        .cmd("ZRANGE")
+        .arg(keys::DELAYED)
+        .arg(0)
+        .arg(limit.max(1) as i64 - 1)
+        .arg("WITHSCORES")
+        .query_async(&mut conn)
+        .await?;
+    let leases: BTreeMap<String, f64> = leases.into_iter().collect();
+    let mut found: Vec<(String, Held)> = Vec::new();
+    for (handle, claim) in &claims {
+        // `fence|claimed_ms|worker`
+        let mut parts = claim.splitn(3, '|');
+        let _fence = parts.next();
+        let claimed_ms = parts.next().and_then(|s| s.parse().ok());
+        let worker = parts.next().map(str::to_string);
+        found.push((
+            handle.clone(),
+            Held {
+                id: id_of_handle(handle).to_string(),
+                place: "in_flight",
+                worker,
+                claimed_ms,
+                due_ms: leases.get(handle).map(|s| *s as u64),
+                list: String::new(),
+                body: String::new(),
+            },
+        ));
+    }
+    // `<resource>\0<order>\0<handle>`
+    for member in &waiting {
+        let Some(handle) = member.rsplit('\0').next() else {
+            continue;
+        };
+        found.push((handle.to_string(), place_only(handle, "waiting", None)));
+    }
+    for handle in &ready {
+        found.push((handle.clone(), place_only(handle, "ready", None)));
+    }
+    for (handle, due) in &delayed {
+        found.push((
+            handle.clone(),
+            place_only(handle, "delayed", Some(*due as u64)),
+        ));
+    }
+    if found.is_empty() {
+        return Ok(found.into_iter().map(|(_, held)| held).collect());
+    }
+    let handles: Vec<&String> = found.iter().map(|(handle, _)| handle).collect();
+    let (bodies, origins): (Vec<Option<String>>, Vec<Option<String>>) = redis::pipe()
+        .cmd("HMGET")
+        .arg(keys::BODIES)
+        .arg(&handles)
+        .cmd("HMGET")
+        .arg(keys::ORIGIN)
+        .arg(&handles)
+        .query_async(&mut conn)
+        .await?;
+    Ok(found
+        .into_iter()
+        .zip(bodies.into_iter().zip(origins))
+        .map(|((_, mut held), (body, origin))| {
+            held.body = body.unwrap_or_default();
+            held.list = origin.unwrap_or_default();
+            held
+        })
+        .collect())
+}
+
+fn place_only(handle: &str, place: &'static str, due_ms: Option<u64>) -> Held {
+    Held {
+        id: id_of_handle(handle).to_string(),
+        place,
+        worker: None,
+        claimed_ms: None,
+        due_ms,
+        list: String::new(),
+        body: String::new(),
+    }
+}
+
+/// The oldest `limit` bodies of each list (the next to be taken first), by list.
+pub async fn queued(
+    pool: &Pool,
+    lists: &[String],
+    limit: usize,
+) -> Result<Vec<(String, Vec<String>)>, AdminError> {
+    let mut conn = pool.get().await?;
+    let mut pipe = redis::pipe();
+    for list in lists {
+        // Workers take from the right: the last `limit` elements are the next ones.
+        pipe.cmd("LRANGE")
+            .arg(list)
+            .arg(-(limit.max(1) as i64))
+            .arg(-1);
+    }
+    let bodies: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+    Ok(lists
+        .iter()
+        .cloned()
+        .zip(bodies.into_iter().map(|mut b| {
+            b.reverse();
+            b
+        }))
+        .collect())
+}
+
+/// Where the body of task `id` is now, and the body: out of its list (in flight, waiting, ready,
+/// delayed), dead-lettered, or among the next `scan` tasks of a list. `None` once it finished
+/// (the queue keeps no body then).
+pub async fn envelope(
+    pool: &Pool,
+    lists: &[String],
+    id: &str,
+    scan: usize,
+) -> Result<Option<(String, String)>, AdminError> {
+    let mut conn = pool.get().await?;
+    let body: Option<String> = redis::cmd("HGET")
+        .arg(keys::BODIES)
+        .arg(id)
+        .query_async(&mut conn)
+        .await?;
+    if let Some(body) = body {
+        let origin: Option<String> = redis::cmd("HGET")
+            .arg(keys::ORIGIN)
+            .arg(id)
+            .query_async(&mut conn)
+            .await?;
+        return Ok(Some((origin.unwrap_or_default(), body)));
+    }
+    drop(conn);
+    if let Some(entry) = dead_list(pool, 10_000)
+        .await?
+        .into_iter()
+        .find(|entry| entry.id == id)
+    {
+        return Ok(Some((keys::DEAD_LETTER.to_string(), entry.body)));
+    }
+    for (list, bodies) in queued(pool, lists, scan).await? {
+        if let Some(body) = bodies.into_iter().find(|body| {
+            serde_json::from_str::<Value>(body)
+                .ok()
+                .is_some_and(|v| v.get("id").and_then(Value::as_str) == Some(id))
+        }) {
+            return Ok(Some((list, body)));
+        }
+    }
+    Ok(None)
+}
+
+/// Removes the dead-letter entry of task `id` (purge one). Returns how many entries it removed.
+pub async fn dead_remove(pool: &Pool, id: &str) -> Result<u64, AdminError> {
+    let mut conn = pool.get().await?;
+    let raw: Vec<String> = redis::cmd("LRANGE")
+        .arg(keys::DEAD_LETTER)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await?;
+    let mut removed = 0;
+    for entry_text in raw {
+        if serde_json::from_str::<DeadLetter>(&entry_text).is_ok_and(|entry| entry.id == id) {
+            let n: u64 = redis::cmd("LREM")
+                .arg(keys::DEAD_LETTER)
+                .arg(1)
+                .arg(&entry_text)
+                .query_async(&mut conn)
+                .await?;
+            removed += n;
+        }
+    }
+    if removed == 0 {
+        return Err(AdminError::NoSuchDeadLetter(id.to_string()));
+    }
+    Ok(removed)
+}
+
+/// How many tasks are in each place out of the lists.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Places {
+    pub in_flight: u64,
+    pub waiting: u64,
+    pub ready: u64,
+}
+
+/// Counts the tasks in flight, waiting for their resource and ready, in one round trip.
+pub async fn places(pool: &Pool) -> Result<Places, AdminError> {
+    let mut conn = pool.get().await?;
+    let (in_flight, waiting, ready): (u64, u64, u64) = redis::pipe()
+        .cmd("HLEN")
+        .arg(keys::CLAIMS)
+        .cmd("ZCARD")
+        .arg(keys::WAITING)
+        .cmd("LLEN")
+        .arg(keys::READY)
+        .query_async(&mut conn)
+        .await?;
+    Ok(Places {
+        in_flight,
+        waiting,
+        ready,
+    })
+}
+
+/// Milliseconds left on each worker's heartbeat (negative: none), in the order of `ids`.
+pub async fn heartbeat_ttls(pool: &Pool, ids: &[String]) -> Result<Vec<i64>, AdminError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut conn = pool.get().await?;
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.cmd("PTTL").arg(keys::heartbeat(id));
+    }
+    Ok(pipe.query_async(&mut conn).await?)
+}
+
+/// The fields of the progress hashes the console lists tasks by.
+pub const SUMMARY_FIELDS: [&str; 13] = [
+    "id",
+    "type",
+    "status",
+    "user_id",
+    "step",
+    "total_steps",
+    "percentage",
+    "message",
+    "error",
+    "attempts",
+    "worker",
+    "updated_at",
+    "result",
+];
+
+/// The summary fields of up to `max` progress hashes (`task:<id>`), found by SCAN (at most
+/// `max_keys` keys examined, so a large keyspace costs a bounded time).
+pub async fn task_summaries(
+    pool: &Pool,
+    max: usize,
+    max_keys: usize,
+) -> Result<Vec<BTreeMap<String, String>>, AdminError> {
+    let mut conn = pool.get().await?;
+    let mut cursor: u64 = 0;
+    let mut examined = 0;
+    let mut names: Vec<String> = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(keys::task("*"))
+            .arg("COUNT")
+            .arg(1000)
+            .arg("TYPE")
+            .arg("hash")
+            .query_async(&mut conn)
+            .await?;
+        examined += 1000;
+        names.extend(batch);
+        cursor = next;
+        if cursor == 0 || names.len() >= max || examined >= max_keys {
+            break;
+        }
+    }
+    names.truncate(max);
+    let mut pipe = redis::pipe();
+    for name in &names {
+        pipe.cmd("HMGET").arg(name).arg(&SUMMARY_FIELDS[..]);
+    }
+    let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut conn).await?;
+    Ok(rows
+        .into_iter()
+        .zip(&names)
+        .map(|(values, name)| {
+            let mut row: BTreeMap<String, String> = SUMMARY_FIELDS
+                .iter()
+                .zip(values)
+                .filter_map(|(field, value)| Some((field.to_string(), value?)))
+                .collect();
+            row.entry("id".into())
+                .or_insert_with(|| name.trim_start_matches("task:").to_string());
+            row
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::body_with_id;

@@ -57,6 +57,8 @@ pub struct RunningWorker {
     pub shutdown: Shutdown,
     /// Address the metrics endpoint listens on, if any.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Address the admin console listens on, when `CONSOLE_ADDR` is set.
+    pub console_addr: Option<std::net::SocketAddr>,
     /// Ends when the worker has drained and stopped.
     pub handle: JoinHandle<()>,
 }
@@ -89,11 +91,17 @@ pub async fn start_worker(config: Arc<Config>) -> Result<RunningWorker, StartErr
     let worker = Worker::new(
         services.clone(),
         registry,
-        definitions,
+        definitions.clone(),
         metrics.clone(),
         conn,
     )?;
     let shutdown = Shutdown::new();
+    // Finished tasks per minute for the console's chart (every worker adds its counts).
+    tokio::spawn(crate::console::stats::run_counter(
+        metrics.clone(),
+        services.redis.clone(),
+        shutdown.token(),
+    ));
     let mut metrics_addr = None;
     if !config.worker.metrics_addr.is_empty() {
         let addr = config.worker.metrics_addr.clone();
@@ -153,12 +161,27 @@ pub async fn start_worker(config: Arc<Config>) -> Result<RunningWorker, StartErr
     if config.worker.renewal_scheduler {
         tokio::spawn(acme::renewal::run(services.clone(), shutdown.token()));
     }
+    let console_addr = match &config.console.console_addr {
+        Some(addr) if !addr.is_empty() => Some(
+            crate::console::start(services.clone(), definitions.clone(), shutdown.clone())
+                .await
+                .map_err(|err| match err {
+                    crate::console::ConsoleError::Start(err) => err,
+                    crate::console::ConsoleError::Listen { addr, source } => {
+                        StartError::Listen { addr, source }
+                    }
+                })?
+                .addr,
+        ),
+        _ => None,
+    };
     let id = worker.id().to_string();
     let handle = tokio::spawn(worker.run(shutdown.clone()));
     Ok(RunningWorker {
         id,
         shutdown,
         metrics_addr,
+        console_addr,
         handle,
     })
 }

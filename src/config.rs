@@ -236,6 +236,24 @@ pub struct AcmeConfig {
     pub traefik_certs_dir: Option<PathBuf>,
 }
 
+/// The admin console (`orchestrator console`, or served by a worker when `CONSOLE_ADDR` is set).
+#[derive(Debug, Clone, Args)]
+pub struct ConsoleConfig {
+    /// Address the console listens on (loopback by default); a worker serves it only when set.
+    /// `orchestrator console` uses 127.0.0.1:9185 when unset.
+    #[arg(long, env = "CONSOLE_ADDR")]
+    pub console_addr: Option<String>,
+
+    /// Token an admin gives to change anything from the console (Bearer); unset: the console is
+    /// read-only.
+    #[arg(long, env = "CONSOLE_TOKEN", hide_env_values = true)]
+    pub console_token: Option<String>,
+
+    /// Show and allow no action (retry, purge, cancel, enqueue), whatever the token.
+    #[arg(long, env = "CONSOLE_READ_ONLY", default_value_t = false)]
+    pub console_read_only: bool,
+}
+
 /// Everything a worker needs, grouped by concern.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -253,6 +271,8 @@ pub struct Config {
     pub dns: DnsConfig,
     #[command(flatten)]
     pub acme: AcmeConfig,
+    #[command(flatten)]
+    pub console: ConsoleConfig,
 }
 
 impl DnsConfig {

@@ -172,3 +172,17 @@ pub fn idempotency_scoped(user: &str, task_type: &str, key: &str) -> String {
     // The user's length first: user ids may contain ':' and still never collide.
     format!("{{orch}}:idem:{}:{user}:{task_type}:{key}", user.len())
 }
+
+// The admin console (`crate::console`).
+
+/// Tasks finished in one minute (hash: `completed`, `failed`), `minute` in unix minutes: every
+/// worker adds its counts every few seconds; kept two hours, for the console's chart.
+pub fn task_stats(minute: i64) -> String {
+    format!("stats:tasks:{minute}")
+}
+
+/// Every event of a task a console relayed (hash: `seq` -> event JSON, written with HSETNX, so
+/// several consoles record each event once); kept as long as the task's hash: its step history.
+pub fn console_events(id: &str) -> String {
+    format!("console:events:{id}")
+}

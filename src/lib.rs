@@ -27,6 +27,7 @@
 //! - [`keys`]: every Redis key and channel name.
 //! - [`admin`], [`watch`]: what the CLI does for admins (enqueue, cancel, status, dead letters,
 //!   live progress).
+//! - [`console`]: the admin console: JSON API, web UI (embedded assets) and live events (SSE).
 //! - [`app`], [`connections`], [`metrics`], [`listen`], [`shutdown`]: assembly, Redis connections,
 //!   `/healthz` and `/metrics`, hardened HTTP listeners, graceful shutdown.
 //!
@@ -43,6 +44,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod connections;
+pub mod console;
 pub mod context;
 pub mod dns;
 pub mod docker;

@@ -30,6 +30,18 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
+    serve_for(listener, app, CONNECTION_LIFETIME, shutdown).await
+}
+
+/// [`serve`] with another longest connection `lifetime`: the admin console's event streams stay
+/// open longer than a request (a browser's EventSource reconnects when it is cut, resuming with
+/// `Last-Event-ID`).
+pub async fn serve_for(
+    listener: TcpListener,
+    app: Router,
+    lifetime: Duration,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -59,7 +71,7 @@ pub async fn serve(
         let builder = builder.clone();
         tokio::spawn(async move {
             let connection = builder.serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+            let _ = tokio::time::timeout(lifetime, connection).await;
             drop(permit);
         });
     }

@@ -151,6 +151,9 @@ enum Command {
         #[command(subcommand)]
         action: DeadAction,
     },
+    /// Serve the admin console (web UI, JSON API, live events) on CONSOLE_ADDR
+    /// (default 127.0.0.1:9185) until SIGTERM/SIGINT.
+    Console,
 }
 
 #[derive(Subcommand)]
@@ -335,6 +338,7 @@ async fn main() -> Result<()> {
             print!("{}", teams::plan(&engine, &services, kind, &slug).await?);
             Ok(())
         }
+        Command::Console => console(config).await,
         Command::Dns {
             action: DnsAction::Serve,
         } => {
@@ -495,5 +499,16 @@ async fn dead(config: &Config, action: DeadAction) -> Result<()> {
             println!("purged {count} entries");
         }
     }
+    Ok(())
+}
+
+async fn console(config: Arc<Config>) -> Result<()> {
+    let definitions = Arc::new(Definitions::load(&config.queues.queues_dir)?);
+    let services = app::services(config).await?;
+    let stop = Shutdown::new();
+    stop.on_signals();
+    let running = orchestrator::console::start(services, definitions, stop).await?;
+    println!("admin console on http://{}/", running.addr);
+    running.handle.await.context("console task panicked")?;
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! line per component saying which one is down. Both listeners go through [`crate::listen`].
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -58,6 +58,9 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Tasks recovered from dead workers by this process' reaper.
     pub recovered: Counter,
+    /// Tasks this process finished for good: completed (duplicates included) and failed
+    /// (dead-lettered included), for the console's per-minute chart (`console::stats`).
+    finished_totals: [AtomicU64; 2],
     /// Unix time (s) of the last successful Redis round trip.
     last_redis_ok: AtomicI64,
     /// The other components this worker was asked to run (Docker engine, embedded DNS server,
@@ -133,6 +136,7 @@ impl Metrics {
             dead_lettered,
             in_flight,
             recovered,
+            finished_totals: [AtomicU64::new(0), AtomicU64::new(0)],
             last_redis_ok: AtomicI64::new(0),
             components: Mutex::new(BTreeMap::new()),
         }
@@ -151,6 +155,20 @@ impl Metrics {
                 task_type: task_type.to_string(),
             })
             .observe(took.as_secs_f64());
+        let slot = match outcome {
+            "completed" | "duplicate" => 0,
+            "failed" | "dead_lettered" => 1,
+            _ => return,
+        };
+        self.finished_totals[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Tasks finished for good by this process so far: (completed, failed).
+    pub fn finished_totals(&self) -> (u64, u64) {
+        (
+            self.finished_totals[0].load(Ordering::Relaxed),
+            self.finished_totals[1].load(Ordering::Relaxed),
+        )
     }
 
     /// Notes a successful Redis round trip.
