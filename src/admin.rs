@@ -650,6 +650,9 @@ pub async fn task_summaries(
         }
     }
     names.truncate(max);
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut pipe = redis::pipe();
     for name in &names {
         pipe.cmd("HMGET").arg(name).arg(&SUMMARY_FIELDS[..]);

@@ -2,6 +2,7 @@
 //! drop guards even when a test fails.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod dns;
 pub mod docker;
 pub mod journey;
