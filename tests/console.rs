@@ -399,7 +399,11 @@ async fn a_provision_moves_on_the_page_while_it_runs() {
     let redis = RedisServer::start();
     let templates = root().join("templates").display().to_string();
     // The console first, so the page is open before the worker takes the task.
-    let console = start_console(&redis, &["--console-token", TOKEN]).await;
+    let console = start_console(
+        &redis,
+        &["--console-token", TOKEN, "--domain", "test.localhost"],
+    )
+    .await;
     let queues = repo_path("queues");
     let definitions = Definitions::load(&queues).unwrap();
     let pool = orchestrator::connections::pool(&redis.url(), 2).unwrap();
@@ -479,6 +483,14 @@ async fn a_provision_moves_on_the_page_while_it_runs() {
     );
     let envelope = text(&browser, "#task-summary").await;
     assert!(envelope.contains("u-console"), "{envelope}");
+    // Once it ended, the page reads the task again: where it is now, its result.
+    wait_text(
+        &browser,
+        "#task-summary",
+        "finished",
+        Duration::from_secs(10),
+    )
+    .await;
     let shot = screenshot(&browser, "task").await;
     println!("task page: {}", shot.display());
 
@@ -487,8 +499,13 @@ async fn a_provision_moves_on_the_page_while_it_runs() {
         .goto(&format!("http://{}/#/tenants", console.addr))
         .await
         .unwrap();
+    wait_text(&browser, "h1", "Teams", Duration::from_secs(10)).await;
     let tenants = wait_text(&browser, "main", &slug, Duration::from_secs(15)).await;
     assert!(tenants.contains(&format!("team-{slug}-web")), "{tenants}");
+    assert!(
+        tenants.contains(&format!("{slug}.test.localhost")),
+        "{tenants}"
+    );
     assert!(
         tenants.contains(&format!("Host(`{slug}.test.localhost`)")),
         "{tenants}"
@@ -624,6 +641,7 @@ async fn a_dead_lettered_task_is_retried_from_the_page_and_completes() {
         .goto(&format!("http://{addr}/#/task/{id}"))
         .await
         .unwrap();
+    wait_text(&browser, "h1", &id, Duration::from_secs(10)).await;
     wait_text(
         &browser,
         "#task-summary",
@@ -635,6 +653,7 @@ async fn a_dead_lettered_task_is_retried_from_the_page_and_completes() {
     assert!(steps.contains("does not own"), "{steps}");
     // The record is in the zone.
     browser.goto(&format!("http://{addr}/#/dns")).await.unwrap();
+    wait_text(&browser, "h1", "DNS", Duration::from_secs(10)).await;
     wait_text(
         &browser,
         "main",
@@ -650,7 +669,14 @@ async fn a_dead_lettered_task_is_retried_from_the_page_and_completes() {
         .unwrap();
     wait_text(&browser, ".legend", "completed (1", Duration::from_secs(20)).await;
     wait_text(&browser, ".legend", "failed (", Duration::from_secs(5)).await;
-    wait_text(&browser, "#feed", "system.ping", Duration::from_secs(10)).await;
+    // The feed shows what happened since the page opened: the retried task's events.
+    wait_text(
+        &browser,
+        "#feed",
+        "dns.record.upsert",
+        Duration::from_secs(10),
+    )
+    .await;
     let shot = screenshot(&browser, "overview").await;
     println!("overview: {}", shot.display());
     let _ = browser.close().await;

@@ -40,7 +40,7 @@ impl Driver {
         driver
     }
 
-    /// A new headless Chromium session (1280×900). The flags keep Chromium off the network
+    /// A new headless Chromium session (1280×1000). The flags keep Chromium off the network
     /// (this machine has none: without them it stalls on background requests).
     pub async fn browser(&self) -> Client {
         let profile = format!("--user-data-dir={}", self.profile.path().display());
@@ -52,7 +52,7 @@ impl Driver {
                     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
                     "--no-first-run", "--disable-background-networking",
                     "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                    "--window-size=1280,900", profile,
+                    "--window-size=1280,1000", profile,
                 ],
             },
         });

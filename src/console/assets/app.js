@@ -134,13 +134,13 @@ function renderAuth() {
     box.append(h("button", { type: "button", id: "forget-token", onclick: () => { sessionStorage.removeItem("console-token"); renderAuth(); toast("Token forgotten"); } }, "Forget token"));
     return;
   }
-  const input = h("input", { type: "password", id: "token", autocomplete: "off", placeholder: "CONSOLE_TOKEN" });
+  const input = h("input", { type: "password", id: "token", autocomplete: "off", placeholder: "admin token" });
   box.append(h("form", {
     onsubmit: (e) => {
       e.preventDefault();
       if (input.value) { sessionStorage.setItem("console-token", input.value); renderAuth(); toast("Token kept for this tab"); }
     },
-  }, h("label", { htmlFor: "token" }, "Admin token"), input, h("button", { type: "submit", id: "save-token" }, "Use")));
+  }, h("label", { htmlFor: "token", class: "sr-only" }, "Admin token (CONSOLE_TOKEN)"), input, h("button", { type: "submit", id: "save-token" }, "Use")));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -239,7 +239,8 @@ function renderChart(minutes) {
     if (m.completed) svg.append(h("rect", { class: "c-completed", x, y: y(0) - hc, width: bw - 2, height: hc }, h("title", {}, tip)));
     if (m.failed) svg.append(h("rect", { class: "c-failed", x, y: y(0) - hc - hf, width: bw - 2, height: hf }, h("title", {}, tip)));
     if (i % 15 === 0 || i === minutes.length - 1) {
-      svg.append(h("text", { class: "axis", x: x + bw / 2, y: H - 6, "text-anchor": "middle" }, i === minutes.length - 1 ? "now" : `-${minutes.length - 1 - i} min`));
+      const last = i === minutes.length - 1;
+      svg.append(h("text", { class: "axis", x: last ? W : x + bw / 2, y: H - 6, "text-anchor": last ? "end" : "middle" }, last ? "now" : `-${minutes.length - 1 - i} min`));
     }
   });
   el.replaceChildren(svg, h("div", { class: "legend" },
@@ -252,7 +253,7 @@ function renderFeed() {
   if (!feed) return;
   if (!state.feed.length) { feed.replaceChildren(h("li", { class: "empty" }, "Waiting for task events…")); return; }
   feed.replaceChildren(...state.feed.slice(0, 30).map((e) => h("li", {},
-    h("time", {}, when(e.timestamp)), taskLink(e.task_id), " ", h("span", { class: "mono" }, e.task_type), " ",
+    h("time", {}, when(e.timestamp)), " ", taskLink(e.task_id), " ", h("span", { class: "mono" }, e.task_type), " ",
     statusBadge(e.status), " ", e.percentage !== undefined ? `${e.percentage}% ` : "", e.message || "",
     e.error && e.status !== "completed" ? h("span", { class: "error-text" }, ` — ${e.error}`) : "")));
 }
@@ -350,7 +351,7 @@ async function task(id) {
   root.append(
     h("h1", {}, h("span", { class: "mono" }, t.type || (d.envelope && d.envelope.body && d.envelope.body.type) || "task"), " ", h("span", { class: "mono muted" }, id)),
     h("div", { class: "grid2" },
-      h("section", { class: "panel", "aria-labelledby": "sum-title" }, h("h2", { id: "sum-title" }, "Summary"), summary, h("p", {}), actions),
+      h("section", { class: "panel", "aria-labelledby": "sum-title" }, h("h2", { id: "sum-title" }, "Summary"), summary, actions),
       h("section", { class: "panel", "aria-labelledby": "env-title" }, h("h2", { id: "env-title" }, "Envelope"),
         d.envelope ? [h("p", { class: "muted" }, `from ${d.envelope.list}`), h("pre", { id: "envelope" }, json(d.envelope.body))]
           : h("p", { class: "empty" }, "The queue keeps a task's body only until it finishes."))),
@@ -360,6 +361,7 @@ async function task(id) {
         h("tbody", { id: "steps" }))),
     h("section", { class: "panel", "aria-labelledby": "res-title" }, h("h2", { id: "res-title" }, "Result"),
       t.result !== undefined && t.result !== "" ? h("pre", { id: "result" }, json(t.result)) : h("p", { class: "empty", id: "result" }, "No result yet.")));
+  state.taskEnded = TERMINAL.has(status) || Boolean(d.dead);
   followTask(id);
   return root;
 }
@@ -384,8 +386,19 @@ function followTask(id) {
     if (pct) pct.textContent = `${ev.percentage || 0}%`;
     const step = document.getElementById("task-step");
     if (step) step.textContent = `${ev.step || 0} of ${ev.total_steps || 0}: ${ev.message || ""}`;
-    const badge = document.querySelector('#task-summary [data-field="Status"]');
-    if (badge) badge.replaceChildren(statusBadge(ev.status));
+    const field = (name, value) => {
+      const dd = document.querySelector(`#task-summary [data-field="${name}"]`);
+      if (dd) dd.replaceChildren(value);
+    };
+    field("Status", statusBadge(ev.status));
+    if (ev.attempts) field("Attempts", String(ev.attempts));
+    if (ev.timestamp) field("Updated", ev.timestamp);
+    if (ev.error && ev.status !== "completed") field("Error", h("span", { class: "error-text" }, ev.error));
+    // Once it ends while shown, read it again (result, where it is now) — once.
+    if (TERMINAL.has(ev.status) && !state.taskEnded) {
+      state.taskEnded = true;
+      softReload();
+    }
     if (TERMINAL.has(ev.status)) {
       const cancel = document.getElementById("cancel-task");
       if (cancel) cancel.remove();
