@@ -536,6 +536,16 @@ pub async fn envelope(
     Ok(None)
 }
 
+/// The body of task `id` while it is out of its list (in flight, waiting, ready, delayed).
+pub async fn held_body(pool: &Pool, id: &str) -> Result<Option<String>, AdminError> {
+    let mut conn = pool.get().await?;
+    Ok(redis::cmd("HGET")
+        .arg(keys::BODIES)
+        .arg(id)
+        .query_async(&mut conn)
+        .await?)
+}
+
 /// Removes the dead-letter entry of task `id` (purge one). Returns how many entries it removed.
 pub async fn dead_remove(pool: &Pool, id: &str) -> Result<u64, AdminError> {
     let mut conn = pool.get().await?;

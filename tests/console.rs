@@ -481,8 +481,8 @@ async fn a_provision_moves_on_the_page_while_it_runs() {
         steps.contains("Starting containers") || steps.contains("containers"),
         "{steps}"
     );
-    let envelope = text(&browser, "#task-summary").await;
-    assert!(envelope.contains("u-console"), "{envelope}");
+    let summary = text(&browser, "#task-summary").await;
+    assert!(summary.contains("u-console"), "{summary}");
     // Once it ended, the page reads the task again: where it is now, its result.
     wait_text(
         &browser,
@@ -491,6 +491,9 @@ async fn a_provision_moves_on_the_page_while_it_runs() {
         Duration::from_secs(10),
     )
     .await;
+    // The queue dropped the body when the task finished; the console kept it.
+    let envelope = text(&browser, "#envelope").await;
+    assert!(envelope.contains(&slug), "{envelope}");
     let shot = screenshot(&browser, "task").await;
     println!("task page: {}", shot.display());
 

@@ -263,7 +263,7 @@ async fn task_detail(
     let pool = &console.services.redis;
     let hash = admin::task_hash(pool, &id).await?;
     let lists = console.definitions.claim_order();
-    let envelope = admin::envelope(pool, &lists, &id, 1000).await?;
+    let mut envelope = admin::envelope(pool, &lists, &id, 1000).await?;
     let dead = admin::dead_list(pool, 10_000)
         .await?
         .into_iter()
@@ -278,7 +278,12 @@ async fn task_detail(
             format!("no task {id} (never enqueued, or finished more than 24 h ago)"),
         ));
     }
-    let events = history(&console, &id).await?;
+    let (events, kept) = history(&console, &id).await?;
+    if envelope.is_none()
+        && let Some(body) = kept
+    {
+        envelope = Some(("kept by the console when it started".into(), body));
+    }
     let mut task: Map = hash
         .into_iter()
         .map(|(k, v)| (k, Value::String(v)))
@@ -303,22 +308,32 @@ async fn task_detail(
     })))
 }
 
-/// The recorded events of task `id`, by `seq`.
-pub async fn history(console: &Console, id: &str) -> Result<Vec<Value>, ApiError> {
+/// The recorded events of task `id`, by `seq`, and the envelope kept when it started.
+pub async fn history(
+    console: &Console,
+    id: &str,
+) -> Result<(Vec<Value>, Option<String>), ApiError> {
     let mut conn = console.services.redis.get().await?;
-    let recorded: HashMap<u64, String> = redis::cmd("HGETALL")
+    let mut recorded: HashMap<String, String> = redis::cmd("HGETALL")
         .arg(keys::console_events(id))
         .query_async(&mut *conn)
         .await?;
+    let envelope = recorded.remove(super::sse::ENVELOPE_FIELD);
     let mut events: Vec<(u64, Value)> = recorded
         .into_iter()
-        .filter_map(|(seq, text)| Some((seq, serde_json::from_str::<Value>(&text).ok()?)))
+        .filter_map(|(seq, text)| {
+            Some((
+                seq.parse().ok()?,
+                serde_json::from_str::<Value>(&text).ok()?,
+            ))
+        })
         .collect();
     events.sort_by_key(|(seq, _)| *seq);
-    Ok(events
+    let events = events
         .into_iter()
         .map(|(_, event)| mask_secrets(&event))
-        .collect())
+        .collect();
+    Ok((events, envelope))
 }
 
 #[derive(Debug, Deserialize)]

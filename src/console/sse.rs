@@ -39,6 +39,8 @@ use crate::keys;
 const RING: usize = 5000;
 /// Seconds a task's recorded events are kept (as long as a finished task's hash).
 const HISTORY_TTL_S: u64 = crate::progress::FINISHED_TTL_S;
+/// The field of a task's history that keeps its envelope.
+pub const ENVELOPE_FIELD: &str = "envelope";
 /// Time between two samples of the overview while a page listens.
 const OVERVIEW_EVERY: Duration = Duration::from_secs(1);
 
@@ -266,6 +268,17 @@ async fn recorder(pool: deadpool_redis::Pool, mut events: mpsc::Receiver<(String
             let key = keys::console_events(id);
             pipe.cmd("HSETNX").arg(&key).arg(seq).arg(event).ignore();
             pipe.cmd("EXPIRE").arg(&key).arg(HISTORY_TTL_S).ignore();
+            // An attempt starts: the task is in flight and the queue holds its body, which it
+            // drops once the task finishes. Keep a copy for the task's page.
+            if event.contains(r#""status":"processing","step":0,"#)
+                && let Ok(Some(body)) = crate::admin::held_body(&pool, id).await
+            {
+                pipe.cmd("HSETNX")
+                    .arg(&key)
+                    .arg(ENVELOPE_FIELD)
+                    .arg(body)
+                    .ignore();
+            }
         }
         let written = match pool.get().await {
             Ok(mut conn) => pipe.query_async::<()>(&mut *conn).await,
@@ -490,11 +503,14 @@ async fn recorded(console: &Console, id: &str) -> redis::RedisResult<BTreeMap<u6
         .get()
         .await
         .map_err(crate::queue::pool_error)?;
-    let history: HashMap<u64, String> = redis::cmd("HGETALL")
+    let history: HashMap<String, String> = redis::cmd("HGETALL")
         .arg(keys::console_events(id))
         .query_async(&mut *conn)
         .await?;
-    Ok(history.into_iter().collect())
+    Ok(history
+        .into_iter()
+        .filter_map(|(seq, event)| Some((seq.parse().ok()?, event)))
+        .collect())
 }
 
 /// The task's hash as an event (`task.snapshot`) with its `seq`, if it has a hash.
