@@ -365,12 +365,13 @@ fn id_of_handle(handle: &str) -> &str {
 /// (at most `limit` delayed ones, soonest first).
 pub async fn held(pool: &Pool, limit: usize) -> Result<Vec<Held>, AdminError> {
     let mut conn = pool.get().await?;
+    type Scored = Vec<(String, f64)>;
     let (claims, leases, waiting, ready, delayed): (
         BTreeMap<String, String>,
-        Vec<(String, f64)>,
+        Scored,
         Vec<String>,
         Vec<String>,
-        Vec<(String, f64)>,
+        Scored,
     ) = redis::pipe()
         .cmd("HGETALL")
         .arg(keys::CLAIMS)

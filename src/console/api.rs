@@ -282,7 +282,7 @@ async fn task_detail(
     if envelope.is_none()
         && let Some(body) = kept
     {
-        envelope = Some(("kept by the console when it started".into(), body));
+        envelope = Some(("a copy the console kept when the task started".into(), body));
     }
     let mut task: Map = hash
         .into_iter()

@@ -353,7 +353,7 @@ async function task(id) {
     h("div", { class: "grid2" },
       h("section", { class: "panel", "aria-labelledby": "sum-title" }, h("h2", { id: "sum-title" }, "Summary"), summary, actions),
       h("section", { class: "panel", "aria-labelledby": "env-title" }, h("h2", { id: "env-title" }, "Envelope"),
-        d.envelope ? [h("p", { class: "muted" }, `from ${d.envelope.list}`), h("pre", { id: "envelope" }, json(d.envelope.body))]
+        d.envelope ? [h("p", { class: "muted" }, d.envelope.list.startsWith("queue:") ? `from ${d.envelope.list}` : d.envelope.list), h("pre", { id: "envelope" }, json(d.envelope.body))]
           : h("p", { class: "empty" }, "The queue keeps a task's body only until it finishes."))),
     h("section", { class: "panel", "aria-labelledby": "steps-title" }, h("h2", { id: "steps-title" }, "Steps and attempts"),
       h("table", { class: "steps" }, h("caption", {}, "Every update of the task, live"),
