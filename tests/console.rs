@@ -196,6 +196,40 @@ async fn actions_need_the_csrf_token_and_the_admin_token() {
     assert_eq!(llen(&redis, "queue:dead").await, 0);
     assert_eq!(llen(&redis, "queue:dns:normal").await, 1);
 
+    // Enqueue validates like the worker: the type's schema names what is wrong.
+    let admin = format!("Bearer {TOKEN}");
+    let good = [
+        ("X-CSRF-Token", csrf.as_str()),
+        ("Authorization", admin.as_str()),
+    ];
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/api/tasks",
+        &good,
+        r#"{"type":"team.provision","payload":{"slug":"Not A Label"}}"#,
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("/slug"), "{body}");
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/api/tasks",
+        &good,
+        r#"{"type":"system.ping","priority":"high","payload":{"delay_ms":5}}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, detail) = http(addr, "GET", &format!("/api/tasks/{id}"), &[], "").await;
+    let detail: Value = serde_json::from_str(&detail).unwrap();
+    assert_eq!(detail["task"]["status"], "queued");
+    assert_eq!(detail["envelope"]["body"]["payload"]["delay_ms"], 5);
+
     // The page carries the same CSRF token, and nothing secret.
     let (_, page) = http(addr, "GET", "/", &[], "").await;
     assert!(page.contains(&csrf));
