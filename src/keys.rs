@@ -172,3 +172,7 @@ pub fn idempotency_scoped(user: &str, task_type: &str, key: &str) -> String {
     // The user's length first: user ids may contain ':' and still never collide.
     format!("{{orch}}:idem:{}:{user}:{task_type}:{key}", user.len())
 }
+
+/// Counter the replication probe increments before `WAIT` (`replication`): a write of the probe's
+/// own connection that the replicas acknowledge after every write the master applied before it.
+pub const REPLICATION_PROBE: &str = "{orch}:replicated";

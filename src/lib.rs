@@ -29,6 +29,8 @@
 //!   live progress).
 //! - [`app`], [`connections`], [`metrics`], [`listen`], [`shutdown`]: assembly, Redis connections,
 //!   `/healthz` and `/metrics`, hardened HTTP listeners, graceful shutdown.
+//! - [`sentinel`], [`replication`]: following the master Redis Sentinel names across failovers;
+//!   waiting for replicas (`WAIT`) after the claim, begin and finish.
 //!
 //! # Invariants
 //! - A task is always in exactly one place: a queue list, in flight (with a lease), waiting for its
@@ -54,6 +56,8 @@ pub mod ownership;
 pub mod progress;
 pub mod queue;
 pub mod queues;
+pub mod replication;
+pub mod sentinel;
 pub mod services;
 pub mod shutdown;
 pub mod task;
