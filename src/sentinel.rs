@@ -41,6 +41,18 @@ const HOLD: Duration = Duration::from_secs(5);
 /// Time given to one sentinel or node to answer a check.
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// What a node says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Master,
+    /// A replica (or a sentinel): writes would get `READONLY`.
+    NotMaster,
+    /// Unreachable (refused, reset): dead, or not there.
+    Down,
+    /// No answer in time, or an error (BUSY, LOADING): kept as it is.
+    Unknown,
+}
+
 /// Where the follower forwards new connections, and how many switches it made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Target {
@@ -217,28 +229,23 @@ impl Follower {
     }
 
     /// One check: the master the sentinels name (newest config epoch), confirmed by its `ROLE`;
-    /// switches when it differs from the current one. A current node that no longer says it is
-    /// a master is dropped even while no other master is known.
+    /// switches when it differs from the current one. A current node that says it is no longer a
+    /// master, or cannot be reached at all, is dropped even while no other master is known (new
+    /// connections then wait for one); one that is only slow to answer (BUSY, a timeout) is kept.
     async fn check(&self) {
         let named = self.ask_sentinels().await;
         let current = self.target.borrow().addr.clone();
-        match named {
-            Some(addr) if Some(&addr) != current.as_ref() => {
-                if self.is_master(&addr).await {
-                    self.switch(Some(addr)).await;
-                } else if let Some(current) = current
-                    && !self.is_master(&current).await
-                {
-                    self.switch(None).await;
-                }
-            }
-            _ => {
-                if let Some(current) = current
-                    && !self.is_master(&current).await
-                {
-                    self.switch(None).await;
-                }
-            }
+        if let Some(addr) = named
+            && Some(&addr) != current.as_ref()
+            && self.role(&addr).await == Role::Master
+        {
+            self.switch(Some(addr)).await;
+            return;
+        }
+        if let Some(current) = current
+            && matches!(self.role(&current).await, Role::NotMaster | Role::Down)
+        {
+            self.switch(None).await;
         }
     }
 
@@ -279,42 +286,53 @@ impl Follower {
             .map(|(_, addr)| addr)
     }
 
-    /// Whether the node at `addr` says it is a master (`ROLE`), with `REDIS_URL`'s credentials.
-    async fn is_master(&self, addr: &str) -> bool {
+    /// What the node at `addr` says it is (`ROLE`, with `REDIS_URL`'s credentials). A failure on
+    /// the cached connection is retried once on a fresh one: Sentinel's `CLIENT KILL` of a node it
+    /// reconfigures must not look like a dead master.
+    async fn role(&self, addr: &str) -> Role {
         let Ok(url) = with_host(&self.node_url, addr) else {
-            return false;
+            return Role::Unknown;
         };
         let mut cached = self.role_conn.lock().await;
         if cached.as_ref().is_some_and(|(to, _)| to != addr) {
             *cached = None;
         }
-        let asked = async {
-            if cached.is_none() {
-                let client = redis::Client::open(url.as_str())?;
-                let conn = client.get_multiplexed_async_connection().await?;
-                *cached = Some((addr.to_string(), conn));
-            }
-            let Some((_, conn)) = cached.as_mut() else {
-                return Ok(false);
+        let mut answer = Role::Unknown;
+        for _ in 0..2 {
+            let fresh = cached.is_none();
+            let asked = async {
+                if cached.is_none() {
+                    let client = redis::Client::open(url.as_str())?;
+                    let conn = client.get_multiplexed_async_connection().await?;
+                    *cached = Some((addr.to_string(), conn));
+                }
+                let Some((_, conn)) = cached.as_mut() else {
+                    return Ok(Role::Unknown);
+                };
+                let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(conn).await?;
+                redis::RedisResult::Ok(match role.first() {
+                    Some(redis::Value::BulkString(b)) if b == b"master" => Role::Master,
+                    _ => Role::NotMaster,
+                })
             };
-            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(conn).await?;
-            redis::RedisResult::Ok(
-                matches!(role.first(), Some(redis::Value::BulkString(b)) if b == b"master"),
-            )
-        };
-        let answer = tokio::time::timeout(ASK_TIMEOUT, asked).await;
-        match answer {
-            Ok(Ok(master)) => master,
-            Ok(Err(err)) => {
-                debug!(%addr, error = %err, "cannot ask the node its role");
-                *cached = None;
-                false
-            }
-            Err(_) => {
-                *cached = None;
-                false
+            answer = match tokio::time::timeout(ASK_TIMEOUT, asked).await {
+                Ok(Ok(role)) => return role,
+                Ok(Err(err)) if err.is_io_error() || err.is_connection_refusal() => {
+                    debug!(%addr, error = %err, "cannot reach the node to ask its role");
+                    Role::Down
+                }
+                Ok(Err(err)) => {
+                    debug!(%addr, error = %err, "the node does not tell its role");
+                    Role::Unknown
+                }
+                Err(_) => Role::Unknown,
+            };
+            *cached = None;
+            if fresh {
+                break;
             }
         }
+        answer
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
