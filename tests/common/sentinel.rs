@@ -30,6 +30,17 @@ impl Node {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Starts `redis-server args` and waits until it answers on `port`.
+    fn launch(port: u16, args: Vec<String>) -> Self {
+        let child = spawn(&args);
+        wait_ping(port);
+        Self {
+            port,
+            child: Some(child),
+            args,
+        }
+    }
+
     /// SIGKILL, like a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -277,13 +288,7 @@ fn start_node(dir: &tempfile::TempDir, name: &str, replica_of: Option<u16>) -> N
     if let Some(master) = replica_of {
         args.extend(["--replicaof".into(), "127.0.0.1".into(), master.to_string()]);
     }
-    let child = spawn(&args);
-    wait_ping(port);
-    Node {
-        port,
-        child: Some(child),
-        args,
-    }
+    Node::launch(port, args)
 }
 
 fn spawn(args: &[String]) -> Child {
@@ -311,14 +316,10 @@ fn start_sentinel(dir: &tempfile::TempDir, index: usize, master: u16) -> Node {
         ),
     )
     .expect("write sentinel.conf");
-    let args = vec![conf.to_string_lossy().into_owned(), "--sentinel".into()];
-    let child = spawn(&args);
-    wait_ping(port);
-    Node {
+    Node::launch(
         port,
-        child: Some(child),
-        args,
-    }
+        vec![conf.to_string_lossy().into_owned(), "--sentinel".into()],
+    )
 }
 
 fn wait_ping(port: u16) {
