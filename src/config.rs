@@ -47,7 +47,8 @@ pub struct RedisConfig {
     #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
     pub redis_wait_replicas: u32,
 
-    /// How long the worker waits for those acknowledgements before it treats the write as in doubt.
+    /// Timeout of one `WAIT`; while the master stays the same the worker waits again, for up to a
+    /// lease, before it treats the write as in doubt.
     #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 2000)]
     pub redis_wait_timeout_ms: u64,
 }

@@ -14,15 +14,16 @@
 //!   once its lease runs out, after the worker reported it done.
 //!
 //! With `REDIS_WAIT_REPLICAS=n` (> 0), each of them is followed by a probe on a connection of its
-//! own: `INCR {orch}:replicated` then `WAIT n timeout`. Replication is one ordered stream, so a
-//! replica that has the probe has every write the master applied before it, the wrapped one
-//! included. When the probe is not acknowledged in time, or the master changed between the write
-//! and the acknowledgement (the follower's epoch, [`crate::sentinel`]), the write is *in doubt* and
-//! the call returns an error like any Redis failure: a claim is then not run (if it survived, its
-//! lease runs out and it is recovered), a begin or a finish is written again (finish is
-//! idempotent: a second run finds the claim gone). Concurrent callers share one probe (a probe
-//! sent after a caller's write covers it), like a group commit. With `REDIS_WAIT_REPLICAS=0` (the
-//! default) [`replicated`] just awaits the write.
+//! own: `INCR {orch}:replicated` then `WAIT n REDIS_WAIT_TIMEOUT_MS`. Replication is one ordered
+//! stream, so a replica that has the probe has every write the master applied before it, the
+//! wrapped one included. While the master stays the same an unacknowledged probe is sent again,
+//! for up to a lease. When the master changed between the write and the acknowledgement (the
+//! follower's epoch, [`crate::sentinel`]), or nothing was acknowledged within the lease, the write
+//! is *in doubt* and the call returns an error like any Redis failure: a claim is then not run (if
+//! it survived, its lease runs out and it is recovered), a begin or a finish is written again
+//! (finish is idempotent: a second run finds the claim gone). Concurrent callers share one probe
+//! (a probe sent after a caller's write covers it), like a group commit. With
+//! `REDIS_WAIT_REPLICAS=0` (the default) [`replicated`] just awaits the write.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -34,7 +35,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::config::RedisConfig;
+use crate::config::{Config, RedisConfig};
 use crate::keys;
 use crate::sentinel::{self, Follower};
 
@@ -60,13 +61,14 @@ impl Written for bool {
 }
 
 /// Awaits `write`, then, when `REDIS_WAIT_REPLICAS` > 0 and it wrote, waits until that many
-/// replicas have it. An error when the write failed or is in doubt (not acknowledged within
-/// `REDIS_WAIT_TIMEOUT_MS`, or the master changed meanwhile); callers retry as for any Redis error.
-pub async fn replicated<T, F>(redis: &RedisConfig, write: F) -> redis::RedisResult<T>
+/// replicas have it. An error when the write failed or is in doubt (the master changed meanwhile,
+/// or no acknowledgement within a lease); callers retry as for any Redis error.
+pub async fn replicated<T, F>(config: &Config, write: F) -> redis::RedisResult<T>
 where
     T: Written,
     F: Future<Output = redis::RedisResult<T>>,
 {
+    let redis = &config.redis;
     if redis.redis_wait_replicas == 0 {
         let result = write.await;
         if let Err(err) = &result
@@ -77,7 +79,7 @@ where
         }
         return result;
     }
-    let waiter = Waiter::of(redis);
+    let waiter = Waiter::of(redis, config.worker.lease());
     let epoch = waiter.epoch();
     let value = match write.await {
         Ok(value) => value,
@@ -102,7 +104,11 @@ struct Waiter {
     client: Option<redis::Client>,
     follower: Option<Arc<Follower>>,
     replicas: u32,
+    /// One `WAIT`'s timeout.
     timeout: Duration,
+    /// Longest wait for an acknowledgement while the master stays the same: a lease (by then
+    /// a claim waited for is recovered anyway, and its begin is refused).
+    patience: Duration,
     /// The probe connection, and when the last acknowledged probe was sent, under which epoch.
     probe: Mutex<Probe>,
 }
@@ -117,10 +123,13 @@ static WAITERS: LazyLock<StdMutex<HashMap<String, Arc<Waiter>>>> =
     LazyLock::new(|| StdMutex::new(HashMap::new()));
 
 impl Waiter {
-    fn of(redis: &RedisConfig) -> Arc<Self> {
+    fn of(redis: &RedisConfig, patience: Duration) -> Arc<Self> {
         let key = format!(
-            "{}|{}|{}",
-            redis.redis_url, redis.redis_wait_replicas, redis.redis_wait_timeout_ms
+            "{}|{}|{}|{}",
+            redis.redis_url,
+            redis.redis_wait_replicas,
+            redis.redis_wait_timeout_ms,
+            patience.as_millis()
         );
         let mut waiters = WAITERS
             .lock()
@@ -133,6 +142,7 @@ impl Waiter {
                     follower: sentinel::follower_of(&redis.redis_url),
                     replicas: redis.redis_wait_replicas,
                     timeout: Duration::from_millis(redis.redis_wait_timeout_ms.max(1)),
+                    patience,
                     probe: Mutex::new(Probe::default()),
                 })
             })
@@ -144,45 +154,51 @@ impl Waiter {
     }
 
     /// Waits until a probe sent after `written` (under `epoch`) is acknowledged by the replicas.
+    /// While the master stays the same, an unacknowledged probe is sent again (the replica may be
+    /// resyncing, or not be one yet right after a failover) for up to the patience.
     async fn confirm(&self, epoch: u64, written: Instant) -> redis::RedisResult<()> {
-        let mut probe = self.probe.lock().await;
-        if probe
-            .acknowledged
-            .is_some_and(|(sent, at)| at == epoch && sent >= written)
-        {
-            return Ok(());
-        }
-        if self.epoch() != epoch {
-            return Err(in_doubt("the Redis master changed after the write"));
-        }
-        let sent = Instant::now();
-        let acked = self.probe_once(&mut probe).await;
-        let acked = match acked {
-            Ok(acked) => acked,
-            Err(err) => {
-                probe.conn = None;
-                return Err(in_doubt(&format!("cannot wait for the replicas: {err}")));
+        loop {
+            let mut probe = self.probe.lock().await;
+            if probe
+                .acknowledged
+                .is_some_and(|(sent, at)| at == epoch && sent >= written)
+            {
+                return Ok(());
             }
-        };
-        if self.epoch() != epoch {
-            return Err(in_doubt(
-                "the Redis master changed while waiting for the replicas",
-            ));
-        }
-        if acked < i64::from(self.replicas) {
+            if self.epoch() != epoch {
+                return Err(in_doubt("the Redis master changed after the write"));
+            }
+            let sent = Instant::now();
+            let acked = match self.probe_once(&mut probe).await {
+                Ok(acked) => acked,
+                Err(err) => {
+                    probe.conn = None;
+                    return Err(in_doubt(&format!("cannot wait for the replicas: {err}")));
+                }
+            };
+            if self.epoch() != epoch {
+                return Err(in_doubt(
+                    "the Redis master changed while waiting for the replicas",
+                ));
+            }
+            if acked >= i64::from(self.replicas) {
+                probe.acknowledged = Some((sent, epoch));
+                return Ok(());
+            }
+            let waited = written.elapsed();
+            if waited >= self.patience {
+                return Err(in_doubt(&format!(
+                    "{acked} of {} replicas acknowledged within {waited:?}",
+                    self.replicas
+                )));
+            }
             warn!(
                 acked,
                 wanted = self.replicas,
-                timeout = ?self.timeout,
-                "replicas did not acknowledge a write in time; treating it as in doubt"
+                ?waited,
+                "replicas have not acknowledged a write yet; waiting"
             );
-            return Err(in_doubt(&format!(
-                "{acked} of {} replicas acknowledged within {:?}",
-                self.replicas, self.timeout
-            )));
         }
-        probe.acknowledged = Some((sent, epoch));
-        Ok(())
     }
 
     async fn probe_once(&self, probe: &mut Probe) -> redis::RedisResult<i64> {

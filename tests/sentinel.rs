@@ -294,6 +294,7 @@ async fn failovers_with_tasks_in_flight(wait_replicas: &str) -> Run {
 
     // Exactly once: each task completed, and the workers completed as many attempts as tasks.
     let mut conn = set.node(first).conn().await;
+    let mut recovered = 0;
     for id in &all {
         let h = hash(&mut conn, id).await;
         assert_eq!(
@@ -301,7 +302,12 @@ async fn failovers_with_tasks_in_flight(wait_replicas: &str) -> Run {
             Some("completed"),
             "task {id}: {h:?}"
         );
+        recovered += h
+            .get("recoveries")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
     }
+    println!("REDIS_WAIT_REPLICAS={wait_replicas}: {recovered} tasks recovered after their lease");
     assert!(
         dead_entries(&mut conn).await.is_empty(),
         "nothing dead-lettered"

@@ -228,7 +228,7 @@ impl Worker {
             let finish = self
                 .queue
                 .finish(claimed, Some(task), Some(&update), &then, new_body);
-            match crate::replication::replicated(&self.services.config.redis, finish).await {
+            match crate::replication::replicated(&self.services.config, finish).await {
                 Ok(true) => {
                     self.metrics.redis_ok();
                     return;

@@ -63,7 +63,7 @@ impl Worker {
                 }
             }
             let claim = self.queue.claim(permits.len());
-            match crate::replication::replicated(&self.services.config.redis, claim).await {
+            match crate::replication::replicated(&self.services.config, claim).await {
                 Ok(claimed) if claimed.is_empty() => {
                     drop(permits);
                     backoff.reset();
@@ -142,7 +142,7 @@ impl Worker {
                 .map(|((p, _), message)| self.begin_item(p, message))
                 .collect();
             let begin = self.queue.begin(&items);
-            match crate::replication::replicated(&self.services.config.redis, begin).await {
+            match crate::replication::replicated(&self.services.config, begin).await {
                 Ok(verdicts) => break verdicts,
                 Err(err) => {
                     self.note_trouble();
