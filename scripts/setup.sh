@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs and starts what the orchestrator and its tests need on a fresh Debian machine:
-# Redis, the Docker engine (dockerd), Pebble, dig/named-checkzone, busybox for the team images.
+# Redis (and redis-sentinel), the Docker engine (dockerd), Pebble, dig/named-checkzone, busybox for the team images.
 # Idempotent: installs only what is missing, starts only what is not running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have redis-server || need+=(redis-server)
+have redis-sentinel || need+=(redis-sentinel)
 have dockerd || need+=(docker.io)
 have pebble || need+=(pebble)
 have dig || need+=(bind9-dnsutils)

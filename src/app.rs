@@ -74,6 +74,7 @@ impl RunningWorker {
 /// Loads the declarations, builds the services and handlers, and starts a worker (and its metrics
 /// endpoint) in the background.
 pub async fn start_worker(config: Arc<Config>) -> Result<RunningWorker, StartError> {
+    let config = crate::sentinel::follow(config).await?;
     let definitions = Arc::new(Definitions::load(&config.queues.queues_dir)?);
     let services = services(config.clone()).await?;
     let registry = handlers::registry(&services);

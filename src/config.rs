@@ -20,6 +20,37 @@ pub struct RedisConfig {
     /// Connections in the pool used for ordinary (non-blocking) commands.
     #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 16)]
     pub redis_pool_size: usize,
+
+    /// Redis Sentinel addresses (`host:port,host:port,…`): every connection then goes to the
+    /// master they name and follows it across failovers; `REDIS_URL` keeps its password and db.
+    #[arg(long, env = "REDIS_SENTINELS")]
+    pub redis_sentinels: Option<String>,
+
+    /// Name of the master the sentinels monitor (`sentinel monitor <name> …`).
+    #[arg(long, env = "REDIS_MASTER_NAME", default_value = "mymaster")]
+    pub redis_master_name: String,
+
+    /// Username for the sentinels (their ACL), if they ask for one.
+    #[arg(long, env = "REDIS_SENTINEL_USERNAME")]
+    pub redis_sentinel_username: Option<String>,
+
+    /// Password of the sentinels (their `requirepass`), if they ask for one.
+    #[arg(long, env = "REDIS_SENTINEL_PASSWORD")]
+    pub redis_sentinel_password: Option<String>,
+
+    /// Talk TLS to the sentinels (`rediss://`), with the system's roots.
+    #[arg(long, env = "REDIS_SENTINEL_TLS", default_value_t = false)]
+    pub redis_sentinel_tls: bool,
+
+    /// Replicas that must acknowledge a claim, begin or finish before the worker acts on it
+    /// (`WAIT`); 0 = off.
+    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
+    /// Timeout of one `WAIT`; while the master stays the same the worker waits again, for up to a
+    /// lease, before it treats the write as in doubt.
+    #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_wait_timeout_ms: u64,
 }
 
 /// Where the declared queues and task schemas live.

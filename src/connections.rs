@@ -4,6 +4,10 @@
 //! time out on the client while the server keeps it blocked, and the next push would be handed to the
 //! abandoned call (see COMPONENT-NOTES). Blocking calls therefore get connections of their own with
 //! the response timeout off, and every blocking call carries its own server-side timeout.
+//!
+//! With Redis Sentinel, the URL these functions get is the loopback follower's
+//! ([`crate::sentinel::follow`] rewrites `REDIS_URL` at start), so every kind of connection here
+//! reaches the current master and is cut and re-made when it changes.
 
 use std::time::Duration;
 

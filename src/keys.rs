@@ -186,3 +186,7 @@ pub fn task_stats(minute: i64) -> String {
 pub fn console_events(id: &str) -> String {
     format!("console:events:{id}")
 }
+
+/// Counter the replication probe increments before `WAIT` (`replication`): a write of the probe's
+/// own connection that the replicas acknowledge after every write the master applied before it.
+pub const REPLICATION_PROBE: &str = "{orch}:replicated";

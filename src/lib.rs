@@ -30,6 +30,8 @@
 //! - [`console`]: the admin console: JSON API, web UI (embedded assets) and live events (SSE).
 //! - [`app`], [`connections`], [`metrics`], [`listen`], [`shutdown`]: assembly, Redis connections,
 //!   `/healthz` and `/metrics`, hardened HTTP listeners, graceful shutdown.
+//! - [`sentinel`], [`replication`]: following the master Redis Sentinel names across failovers;
+//!   waiting for replicas (`WAIT`) after the claim, begin and finish.
 //!
 //! # Invariants
 //! - A task is always in exactly one place: a queue list, in flight (with a lease), waiting for its
@@ -56,6 +58,8 @@ pub mod ownership;
 pub mod progress;
 pub mod queue;
 pub mod queues;
+pub mod replication;
+pub mod sentinel;
 pub mod services;
 pub mod shutdown;
 pub mod task;

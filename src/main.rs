@@ -207,6 +207,8 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_json);
     let config = Arc::new(cli.config);
+    // With REDIS_SENTINELS, every connection below goes to the master Sentinel names.
+    let config = orchestrator::sentinel::follow(config).await?;
     match cli.command {
         Command::Worker => run_worker(config).await,
         Command::Demo {

@@ -225,11 +225,10 @@ impl Worker {
         let mut backoff = Backoff::new();
         let mut tries = 0u32;
         loop {
-            match self
+            let finish = self
                 .queue
-                .finish(claimed, Some(task), Some(&update), &then, new_body)
-                .await
-            {
+                .finish(claimed, Some(task), Some(&update), &then, new_body);
+            match crate::replication::replicated(&self.services.config, finish).await {
                 Ok(true) => {
                     self.metrics.redis_ok();
                     return;

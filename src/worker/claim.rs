@@ -62,7 +62,8 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            match self.queue.claim(permits.len()).await {
+            let claim = self.queue.claim(permits.len());
+            match crate::replication::replicated(&self.services.config, claim).await {
                 Ok(claimed) if claimed.is_empty() => {
                     drop(permits);
                     backoff.reset();
@@ -140,7 +141,8 @@ impl Worker {
                 .zip(&messages)
                 .map(|((p, _), message)| self.begin_item(p, message))
                 .collect();
-            match self.queue.begin(&items).await {
+            let begin = self.queue.begin(&items);
+            match crate::replication::replicated(&self.services.config, begin).await {
                 Ok(verdicts) => break verdicts,
                 Err(err) => {
                     self.note_trouble();

@@ -10,6 +10,7 @@ pub mod pebble;
 pub mod platform;
 pub mod proxy;
 pub mod redis_server;
+pub mod sentinel;
 pub mod sockproxy;
 pub mod tasks;
 pub mod traefik;
