@@ -25,11 +25,27 @@ use crate::templates::{
     Rendered,
 };
 
-/// A container the orchestrator owns, as found in the engine.
+/// What kind of engine object runs a template service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// A container (`BACKEND=docker`).
+    Container,
+    /// A Swarm service (`BACKEND=swarm`).
+    Service,
+}
+
+/// Label Swarm puts on the containers of a service's tasks: such a container is the service's,
+/// never a docker-backend container (see [`Engine::owned_containers`]).
+pub const LABEL_SWARM_SERVICE: &str = "com.docker.swarm.service.id";
+
+/// A container (or Swarm service) the orchestrator owns, as found in the engine.
 #[derive(Debug, Clone, Serialize)]
 pub struct Owned {
     pub id: String,
     pub name: String,
+    /// Container or Swarm service.
+    pub workload: Workload,
     pub kind: Option<Kind>,
     pub slug: String,
     pub service: String,
@@ -52,7 +68,9 @@ pub struct ContainerState {
 }
 
 impl Engine {
-    /// Every container owned by the orchestrator, optionally only those of one tenant.
+    /// Every container owned by the orchestrator, optionally only those of one tenant. Containers of
+    /// Swarm services' tasks are not containers of the docker backend: left out, whatever their
+    /// labels (a `reconcile --fix` must never take them for orphans).
     pub async fn owned_containers(
         &self,
         tenant: Option<(Kind, &str)>,
@@ -75,8 +93,12 @@ impl Engine {
         let mut owned = Vec::new();
         for summary in list {
             let labels = summary.labels.unwrap_or_default();
+            if labels.contains_key(LABEL_SWARM_SERVICE) {
+                continue;
+            }
             let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
             owned.push(Owned {
+                workload: Workload::Container,
                 id: summary.id.unwrap_or_default(),
                 name: summary
                     .names
@@ -153,15 +175,30 @@ impl Engine {
         spec: &ContainerSpec,
         extra: &std::collections::BTreeMap<String, String>,
     ) -> Result<String, DockerError> {
+        self.create_container_as(rendered, spec, &spec.name, None, extra)
+            .await
+    }
+
+    /// [`Engine::create_container_labelled`] under another container `name`, with `labels` instead
+    /// of the template's when given (a start-first replacement's transitional container).
+    pub async fn create_container_as(
+        &self,
+        rendered: &Rendered,
+        spec: &ContainerSpec,
+        name: &str,
+        labels: Option<std::collections::BTreeMap<String, String>>,
+        extra: &std::collections::BTreeMap<String, String>,
+    ) -> Result<String, DockerError> {
         let mut body = container_body(rendered, spec);
+        if let Some(labels) = labels {
+            body.labels = Some(labels.into_iter().collect());
+        }
         if let Some(labels) = body.labels.as_mut() {
             for (k, v) in extra {
                 labels.entry(k.clone()).or_insert_with(|| v.clone());
             }
         }
-        let options = CreateContainerOptionsBuilder::default()
-            .name(&spec.name)
-            .build();
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
         let created = self
             .client()
             .create_container(Some(options), body)
@@ -169,12 +206,11 @@ impl Engine {
             .map_err(|e| {
                 if super::is_conflict(&e) {
                     DockerError::Conflict(format!(
-                        "container name {} is already in use: {}",
-                        spec.name,
+                        "container name {name} is already in use: {}",
                         super::plain(&e)
                     ))
                 } else {
-                    DockerError::engine(format!("creating container {}", spec.name), e)
+                    DockerError::engine(format!("creating container {name}"), e)
                 }
             })?;
         Ok(created.id)
@@ -224,6 +260,74 @@ impl Engine {
                 status_code: 409, ..
             }) => Ok(()),
             Err(e) => Err(DockerError::engine(format!("removing container {name}"), e)),
+        }
+    }
+
+    /// Renames container `id` (called `name`) to `to`.
+    pub async fn rename(&self, id: &str, name: &str, to: &str) -> Result<(), DockerError> {
+        let options = bollard::query_parameters::RenameContainerOptions {
+            name: to.to_string(),
+        };
+        self.client()
+            .rename_container(id, options)
+            .await
+            .map_err(|e| DockerError::engine(format!("renaming container {name} to {to}"), e))
+    }
+
+    /// Runs `cmd` inside container `id` (called `name`) and waits for it to end; its exit code.
+    pub async fn exec(&self, id: &str, name: &str, cmd: Vec<String>) -> Result<i64, DockerError> {
+        let what = || format!("running {cmd:?} in container {name}");
+        let config = bollard::models::ExecConfig {
+            cmd: Some(cmd.clone()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let created = self
+            .client()
+            .create_exec(id, config)
+            .await
+            .map_err(|e| DockerError::engine(what(), e))?;
+        let started = self
+            .client()
+            .start_exec(&created.id, None)
+            .await
+            .map_err(|e| DockerError::engine(what(), e))?;
+        // The output is not wanted, only the end of the stream (the command has exited then).
+        if let bollard::exec::StartExecResults::Attached { mut output, .. } = started {
+            use futures::StreamExt;
+            while output.next().await.is_some() {}
+        }
+        let inspect = self
+            .client()
+            .inspect_exec(&created.id)
+            .await
+            .map_err(|e| DockerError::engine(what(), e))?;
+        Ok(inspect.exit_code.unwrap_or(-1))
+    }
+
+    /// Waits until container `id` is no longer routed to by an ingress that skips unhealthy
+    /// containers: unhealthy, or not running; at most `timeout`.
+    pub async fn wait_unhealthy(
+        &self,
+        id: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(), DockerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.container_state(id).await? {
+                None => return Ok(()),
+                Some(s) if s.status != "running" || s.health == "unhealthy" => return Ok(()),
+                Some(_) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(DockerError::Timeout {
+                    what: format!("{name} to turn unhealthy once drained"),
+                    seconds: timeout.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -351,7 +455,7 @@ pub fn container_body(rendered: &Rendered, spec: &ContainerSpec) -> ContainerCre
         // 63-character slug makes `sandbox-<slug>-api` longer than that.
         hostname: Some(spec.service.clone()),
         healthcheck: spec.healthcheck.as_ref().map(|h| HealthConfig {
-            test: Some(h.test.clone()),
+            test: spec.health_test(),
             interval: Some(h.interval_ns),
             timeout: Some(h.timeout_ns),
             retries: Some(h.retries),
