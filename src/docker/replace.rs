@@ -152,7 +152,12 @@ async fn hop(
             .exec(
                 &outgoing.id,
                 &outgoing.name,
-                vec!["touch".into(), file.clone()],
+                // Through `sh`, which a drain-aware healthcheck needs anyway (no `touch` needed).
+                vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    format!(": > '{}'", file.replace('\'', "'\\''")),
+                ],
             )
             .await?;
         if code == 0 {

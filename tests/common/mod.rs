@@ -10,6 +10,7 @@ pub mod platform;
 pub mod proxy;
 pub mod redis_server;
 pub mod sockproxy;
+pub mod swarm;
 pub mod tasks;
 pub mod traefik;
 pub mod worker;
