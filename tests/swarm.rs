@@ -329,7 +329,12 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
     let (result, _) = run(&stack, "team.delete", &slug, json!({})).await;
     assert_eq!(result["network_removed"], true, "{result:#}");
     assert!(services_of(&slug).is_empty());
-    assert!(!docker(&["network", "inspect", &format!("team-{slug}-net")]).1);
+    // Swarm removes the node's copy of an overlay network a moment after the cluster's.
+    eventually("the overlay network to go", Duration::from_secs(20), || {
+        let gone = !docker(&["network", "inspect", &format!("team-{slug}-net")]).1;
+        async move { gone.then_some(()) }
+    })
+    .await;
     assert_eq!(volumes_of(&slug), vec![format!("team-{slug}-data")]);
     eventually(
         "the tasks' containers to go",

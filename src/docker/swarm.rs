@@ -6,9 +6,14 @@
 //!   service, not on its tasks' containers), the ownership labels, the template hash and, when this
 //!   run created it, the creation labels of the journal (`orchestrator.task` / `orchestrator.attempt`),
 //!   so a rollback removes only a service its task created. `traefik.docker.network` becomes
-//!   `traefik.swarm.network`, and `traefik.swarm.lbswarm=true` sends requests to the service's
-//!   virtual IP: Swarm takes a task out of it before stopping it, so a rolling update never leaves
-//!   the ingress with the address of a task that is gone.
+//!   `traefik.swarm.network`: Traefik routes to the tasks' addresses on the tenant network, which
+//!   it reads from the tasks Swarm wants running. A task being replaced is no longer wanted
+//!   running as soon as its successor runs, and Swarm keeps its container 2 s longer (its delay
+//!   for the network to converge) before stopping it: an ingress refreshing at least every second
+//!   (`providers.swarm.refreshSeconds: 1`) stops routing to it before it goes.
+//! - Services resolve by DNS round robin (`endpoint_mode: dnsrr`), not through a virtual IP: the
+//!   virtual IP needs IPVS in the kernel (unreachable on kernels without it), and nothing here
+//!   publishes ports through the routing mesh (the ingress reaches the tasks itself).
 //! - The task template holds the image, command, environment, healthcheck, init, resource limits
 //!   (CPU, memory, pids) and restart policy; the tenant's overlay network with the service name as
 //!   alias; its volumes as `volume` mounts. Task containers carry no ownership label (only
@@ -32,12 +37,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bollard::models::{
-    EndpointSpec, HealthConfig, Limit, Mount, MountType, NetworkAttachmentConfig, Service,
-    ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, ServiceSpecRollbackConfig,
-    ServiceSpecRollbackConfigFailureActionEnum, ServiceSpecRollbackConfigOrderEnum,
-    ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum,
-    ServiceSpecUpdateConfigOrderEnum, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
-    TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
+    EndpointSpec, EndpointSpecModeEnum, HealthConfig, Limit, Mount, MountType,
+    NetworkAttachmentConfig, Service, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
+    ServiceSpecRollbackConfig, ServiceSpecRollbackConfigFailureActionEnum,
+    ServiceSpecRollbackConfigOrderEnum, ServiceSpecUpdateConfig,
+    ServiceSpecUpdateConfigFailureActionEnum, ServiceSpecUpdateConfigOrderEnum, TaskSpec,
+    TaskSpecContainerSpec, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum,
 };
 use bollard::query_parameters::{ListServicesOptions, ListTasksOptions, UpdateServiceOptions};
 use tokio_util::sync::CancellationToken;
@@ -282,12 +288,38 @@ impl Engine {
         self.update_spec(name, &existing, spec).await
     }
 
-    /// Removes service `name` (a missing one succeeds); its volumes stay.
+    /// Removes service `name` (a missing one succeeds) and waits (at most 30 s) until its tasks'
+    /// containers are gone, so its volumes and network can go next; its volumes stay.
     pub async fn remove_service(&self, name: &str) -> Result<(), DockerError> {
         match self.client().delete_service(name).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(DockerError::engine(format!("removing service {name}"), e)),
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(DockerError::engine(format!("removing service {name}"), e)),
+        }
+        let label = format!("com.docker.swarm.service.name={name}");
+        let mut filters = HashMap::new();
+        filters.insert("label", vec![label.as_str()]);
+        let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = self
+                .client()
+                .list_containers(Some(options.clone()))
+                .await
+                .map_err(|e| DockerError::engine(format!("listing tasks of service {name}"), e))?;
+            if left.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(DockerError::Transient {
+                    what: format!("removing service {name}"),
+                    message: format!("{} task container(s) still there after 30s", left.len()),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -586,7 +618,6 @@ pub fn service_labels(
     let mut labels = rendered.labels_of(spec);
     if let Some(network) = labels.remove("traefik.docker.network") {
         labels.insert("traefik.swarm.network".into(), network);
-        labels.insert("traefik.swarm.lbswarm".into(), "true".into());
     }
     for (k, v) in creation {
         labels.insert(k.clone(), v.clone());
@@ -691,7 +722,10 @@ pub fn service_spec(
             max_failure_ratio: Some(0.0),
             order: Some(ServiceSpecRollbackConfigOrderEnum::START_FIRST),
         }),
-        endpoint_spec: Some(EndpointSpec::default()),
+        endpoint_spec: Some(EndpointSpec {
+            mode: Some(EndpointSpecModeEnum::DNSRR),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

@@ -52,6 +52,8 @@ impl Drop for SwarmHold {
         holders.0 -= 1;
         if holders.0 == 0 && holders.1 {
             let _ = docker(&["swarm", "leave", "--force"]);
+            // The bridge `swarm init` made for the tasks' outside traffic (unused once left).
+            let _ = docker(&["network", "rm", "docker_gwbridge"]);
             holders.1 = false;
         }
     }
