@@ -416,3 +416,61 @@ async fn a_docker_team_changes_template_start_first_without_a_failed_request() {
     run(&stack, "team.delete", &slug, json!({})).await;
     stack.stop().await;
 }
+
+#[test]
+fn the_stack_file_matches_the_compose_stack() {
+    let read = |path: &str| -> serde_yaml_ng::Value {
+        serde_yaml_ng::from_str(&std::fs::read_to_string(root().join(path)).unwrap()).unwrap()
+    };
+    let compose = read("docker-compose.yml");
+    let stack = read("scripts/stack.yml");
+    // `docker stack deploy` reads the compose format: docker-compose validates it.
+    let out = std::process::Command::new("docker-compose")
+        .args(["-f", "scripts/stack.yml", "config", "-q"])
+        .current_dir(root())
+        .output()
+        .expect("run docker-compose");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same services.
+    let names = |doc: &serde_yaml_ng::Value| -> Vec<String> {
+        let mut v: Vec<String> = doc["services"]
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&compose), names(&stack));
+    // Every orchestrator variable compose sets, the stack sets; tenants on Swarm.
+    let env = &stack["services"]["orchestrator"]["environment"];
+    for (key, value) in compose["services"]["orchestrator"]["environment"]
+        .as_mapping()
+        .unwrap()
+    {
+        if !value.is_null() {
+            assert!(env.get(key).is_some(), "stack lacks {key:?}");
+        }
+    }
+    assert_eq!(env["BACKEND"], "swarm");
+    assert_eq!(env["INGRESS_CONTAINER"], "platform_traefik");
+    // Traefik: the swarm provider, refreshed every second (see README, Scaling out), found by label.
+    let traefik = &stack["services"]["traefik"];
+    let command: Vec<&str> = traefik["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(command.contains(&"--providers.swarm.refreshSeconds=1"));
+    assert!(!command.iter().any(|c| c.starts_with("--providers.docker")));
+    let labels = format!("{:?}", traefik["deploy"]["labels"]);
+    assert!(labels.contains("orchestrator.role=ingress"), "{labels}");
+    assert_eq!(stack["networks"]["kanban-network"]["driver"], "overlay");
+    assert_eq!(stack["networks"]["kanban-network"]["attachable"], true);
+}
