@@ -618,6 +618,7 @@ async fn converge(
         settle: Duration::from_millis(config.docker.replace_settle_ms),
     };
     let mut ids = Vec::new();
+    let mut replacements = Vec::new();
     for spec in &rendered.containers {
         let found = existing.iter().find(|c| c.name == spec.name);
         let id = match found {
@@ -629,11 +630,11 @@ async fn converge(
                 c.id.clone()
             }
             Some(old) => {
-                changed = true;
-                super::replace::start_first(
+                // Replaced below, all at once: each waits for health and drains on its own.
+                replacements.push(super::replace::start_first(
                     engine, progress, timing, rendered, spec, old, &creation, journal,
-                )
-                .await?
+                ));
+                continue;
             }
             None => {
                 // A container of this name without our label is a conflict; say so clearly.
@@ -648,6 +649,22 @@ async fn converge(
             }
         };
         ids.push((id, spec.name.clone()));
+    }
+    if !replacements.is_empty() {
+        changed = true;
+        let replaced = futures::future::join_all(replacements).await;
+        for (spec, id) in rendered
+            .containers
+            .iter()
+            .filter(|s| {
+                existing
+                    .iter()
+                    .any(|c| c.name == s.name && c.template_hash != rendered.hash)
+            })
+            .zip(replaced)
+        {
+            ids.push((id?, spec.name.clone()));
+        }
     }
     // Services the template no longer has.
     for stale in existing
