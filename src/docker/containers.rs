@@ -67,6 +67,15 @@ pub struct ContainerState {
     pub has_healthcheck: bool,
 }
 
+/// The label filters of what the orchestrator owns, optionally of one tenant only.
+pub(crate) fn owner_filters(tenant: Option<(Kind, &str)>) -> Vec<String> {
+    let mut filters = vec![format!("{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}")];
+    if let Some((kind, slug)) = tenant {
+        filters.push(format!("{}={slug}", kind.label()));
+    }
+    filters
+}
+
 impl Engine {
     /// Every container owned by the orchestrator, optionally only those of one tenant. Containers of
     /// Swarm services' tasks are not containers of the docker backend: left out, whatever their
@@ -75,12 +84,8 @@ impl Engine {
         &self,
         tenant: Option<(Kind, &str)>,
     ) -> Result<Vec<Owned>, DockerError> {
-        let mut label_filters = vec![format!("{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}")];
-        if let Some((kind, slug)) = tenant {
-            label_filters.push(format!("{}={slug}", kind.label()));
-        }
         let mut filters = HashMap::new();
-        filters.insert("label", label_filters);
+        filters.insert("label", owner_filters(tenant));
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
@@ -400,16 +405,25 @@ impl Engine {
                     seconds: timeout.as_secs(),
                 });
             }
-            let pause = tokio::time::sleep(Duration::from_millis(100));
-            match cancel {
-                Some(token) => tokio::select! {
-                    _ = pause => {}
-                    _ = token.cancelled() => {
-                        return Err(DockerError::Cancelled("waiting for containers to become healthy".into()));
-                    }
-                },
-                None => pause.await,
-            }
+            pause(cancel, "waiting for containers to become healthy").await?;
+        }
+    }
+}
+
+/// Sleeps 100 ms between two polls of a wait; `Cancelled` (naming `what`) when `cancel` fires first.
+pub(crate) async fn pause(
+    cancel: Option<&CancellationToken>,
+    what: &str,
+) -> Result<(), DockerError> {
+    let pause = tokio::time::sleep(Duration::from_millis(100));
+    match cancel {
+        Some(token) => tokio::select! {
+            _ = pause => Ok(()),
+            _ = token.cancelled() => Err(DockerError::Cancelled(what.into())),
+        },
+        None => {
+            pause.await;
+            Ok(())
         }
     }
 }

@@ -513,8 +513,6 @@ async fn converge(
     certificate_order: CertificateOrder,
 ) -> Result<Value, TaskError> {
     let config = &services.config;
-    let kind = rendered.kind;
-    let slug = rendered.slug.as_str();
     let mut changed = false;
 
     progress
@@ -585,38 +583,57 @@ async fn converge(
     }
 
     let timeout = Duration::from_secs(config.docker.health_timeout_s.max(1));
-    if let Some(node) = &node {
-        progress.step("Creating services").await?;
-        let ids = apply_services(engine, progress, rendered, &creation, journal, node).await?;
-        changed |= ids.1;
-        progress.step("Waiting for services to run").await?;
-        let names = rendered.container_names();
-        engine
-            .wait_services(
-                &names,
-                Some(&rendered.hash),
-                timeout,
-                progress.cancellation(),
-            )
-            .await?;
-        return finish(
-            services,
-            progress,
-            rendered,
-            options,
-            journal,
-            certificate_order,
-            ids.0,
-            changed,
-        )
-        .await;
-    }
-    progress.step("Creating containers").await?;
-    let existing = engine.owned_containers(Some((kind, slug))).await?;
     let timing = super::replace::Timing {
         health_timeout: timeout,
         settle: Duration::from_millis(config.docker.replace_settle_ms),
     };
+    let (ids, workloads_changed) = match &node {
+        Some(node) => {
+            progress.step("Creating services").await?;
+            let applied =
+                apply_services(engine, progress, rendered, &creation, journal, node).await?;
+            progress.step("Waiting for services to run").await?;
+            let names = rendered.container_names();
+            engine
+                .wait_services(
+                    &names,
+                    Some(&rendered.hash),
+                    timeout,
+                    progress.cancellation(),
+                )
+                .await?;
+            applied
+        }
+        None => apply_containers(engine, progress, rendered, &creation, journal, timing).await?,
+    };
+    finish(
+        services,
+        progress,
+        rendered,
+        options,
+        journal,
+        certificate_order,
+        ids,
+        changed || workloads_changed,
+    )
+    .await
+}
+
+/// The docker backend's part of [`converge`]: containers created, started, or replaced
+/// start-first ([`super::replace`]), those the template no longer has removed, then waited on
+/// until ready. Returns (id, name) of each and whether anything changed.
+async fn apply_containers(
+    engine: &Engine,
+    progress: &dyn Progress,
+    rendered: &Rendered,
+    creation: &BTreeMap<String, String>,
+    journal: &Journal,
+    timing: super::replace::Timing,
+) -> Result<(Vec<(String, String)>, bool), TaskError> {
+    let (kind, slug) = (rendered.kind, rendered.slug.as_str());
+    let mut changed = false;
+    progress.step("Creating containers").await?;
+    let existing = engine.owned_containers(Some((kind, slug))).await?;
     let mut ids = Vec::new();
     let mut replacements = Vec::new();
     for spec in &rendered.containers {
@@ -632,7 +649,7 @@ async fn converge(
             Some(old) => {
                 // Replaced below, all at once: each waits for health and drains on its own.
                 replacements.push(super::replace::start_first(
-                    engine, progress, timing, rendered, spec, old, &creation, journal,
+                    engine, progress, timing, rendered, spec, old, creation, journal,
                 ));
                 continue;
             }
@@ -641,7 +658,7 @@ async fn converge(
                 engine.container_state(&spec.name).await?;
                 journal.record(EntryKind::Container, &spec.name).await?;
                 let id = engine
-                    .create_container_labelled(rendered, spec, &creation)
+                    .create_container_labelled(rendered, spec, creation)
                     .await?;
                 engine.start(&id, &spec.name).await?;
                 changed = true;
@@ -678,18 +695,15 @@ async fn converge(
     progress
         .step("Waiting for containers to become healthy")
         .await?;
-    super::readiness::wait_ready(engine, rendered, &ids, timeout, progress.cancellation()).await?;
-    finish(
-        services,
-        progress,
+    super::readiness::wait_ready(
+        engine,
         rendered,
-        options,
-        journal,
-        certificate_order,
-        ids,
-        changed,
+        &ids,
+        timing.health_timeout,
+        progress.cancellation(),
     )
-    .await
+    .await?;
+    Ok((ids, changed))
 }
 
 /// The Swarm backend's part of [`converge`]: one service per template service, journaled before

@@ -51,8 +51,7 @@ use tokio_util::sync::CancellationToken;
 use super::containers::Workload;
 use super::{DockerError, Engine, Owned, is_not_found, owned_by_us, plain};
 use crate::templates::{
-    ContainerSpec, Kind, LABEL_KIND, LABEL_MANAGED_BY, LABEL_SERVICE, LABEL_SLUG,
-    LABEL_TEMPLATE_HASH, MANAGED_BY_VALUE, Rendered,
+    ContainerSpec, Kind, LABEL_KIND, LABEL_SERVICE, LABEL_SLUG, LABEL_TEMPLATE_HASH, Rendered,
 };
 
 /// Seconds Swarm watches each updated task for a failure before it goes on (and rolls back).
@@ -109,12 +108,11 @@ impl Engine {
         &self,
         tenant: Option<(Kind, &str)>,
     ) -> Result<Vec<Owned>, DockerError> {
-        let mut labels = vec![format!("{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}")];
-        if let Some((kind, slug)) = tenant {
-            labels.push(format!("{}={slug}", kind.label()));
-        }
         let mut filters = HashMap::new();
-        filters.insert("label".to_string(), labels);
+        filters.insert(
+            "label".to_string(),
+            super::containers::owner_filters(tenant),
+        );
         let options = ListServicesOptions {
             filters: Some(filters),
             status: Some(true),
@@ -357,16 +355,7 @@ impl Engine {
                     seconds: timeout.as_secs(),
                 });
             }
-            let pause = tokio::time::sleep(Duration::from_millis(100));
-            match cancel {
-                Some(token) => tokio::select! {
-                    _ = pause => {}
-                    _ = token.cancelled() => {
-                        return Err(DockerError::Cancelled("waiting for services to run their tasks".into()));
-                    }
-                },
-                None => pause.await,
-            }
+            super::containers::pause(cancel, "waiting for services to run their tasks").await?;
         }
     }
 
