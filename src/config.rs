@@ -163,7 +163,7 @@ pub struct DockerConfig {
 
     /// Milliseconds the ingress is given to pick up a change of the containers it routes to (a new
     /// container turned healthy, an old one drained) during a start-first replacement.
-    #[arg(long, env = "REPLACE_SETTLE_MS", default_value_t = 500)]
+    #[arg(long, env = "REPLACE_SETTLE_MS", default_value_t = 1000)]
     pub replace_settle_ms: u64,
 }
 
