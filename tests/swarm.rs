@@ -84,6 +84,14 @@ fn all_answered(answers: &[Curl], version: &str) {
     );
 }
 
+/// The team template with two tasks for the web service (the only one limited to 32m).
+fn two_web_tasks(source: String) -> String {
+    source.replace(
+        "    mem_limit: 32m\n",
+        "    mem_limit: 32m\n    replicas: 2\n",
+    )
+}
+
 /// The team template with a new version of the web page (a changed command: a new hash, the same
 /// routing labels) and, when `route_change`, a changed routing label too.
 fn version(source: String, v: &str, route_change: bool) -> String {
@@ -115,12 +123,7 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
     );
     let templates = Templates::copy();
     // Two tasks for the web service.
-    templates.team(|s| {
-        s.replace(
-            "    mem_limit: 32m\n",
-            "    mem_limit: 32m\n    replicas: 2\n",
-        )
-    });
+    templates.team(two_web_tasks);
     let stack = Stack::start_with(
         true,
         &args(&[
@@ -251,16 +254,7 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
     assert!(!plan.changes(), "{plan}");
 
     // A template change rolls each service start-first: no request fails meanwhile.
-    templates.team(|s| {
-        version(
-            s.replace(
-                "    mem_limit: 32m\n",
-                "    mem_limit: 32m\n    replicas: 2\n",
-            ),
-            "v2",
-            false,
-        )
-    });
+    templates.team(|s| version(two_web_tasks(s), "v2", false));
     let load = Load::start(
         traefik.https_port,
         &host,
@@ -286,15 +280,8 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
     // saying so, the team keeps answering with its previous template, and the service (which the
     // failing task did not create) stays.
     templates.team(|s| {
-        version(
-            s.replace(
-                "    mem_limit: 32m\n",
-                "    mem_limit: 32m\n    replicas: 2\n",
-            ),
-            "v3",
-            false,
-        )
-        .replace("http://127.0.0.1:80/", "http://127.0.0.1:9/nothing")
+        version(two_web_tasks(s), "v3", false)
+            .replace("http://127.0.0.1:80/", "http://127.0.0.1:9/nothing")
     });
     let load = Load::start(traefik.https_port, &host, &["/"], Some(pebble_root.clone()));
     let error = run_failing(&stack, "team.provision", &slug).await;
@@ -309,6 +296,8 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
     .await;
     let page = curl_https(traefik.https_port, &host, "/", Some(&pebble_root));
     assert!(page.body.contains("v2"), "{page:?}");
+    // The operator puts the template that works back (resume probes the template's routes).
+    templates.team(|s| version(two_web_tasks(s), "v2", false));
 
     // Suspend scales to 0 (the routes go), resume scales back (answering at once).
     run(&stack, "team.suspend", &slug, json!({})).await;

@@ -336,6 +336,42 @@ impl Engine {
         }
     }
 
+    /// Packets container `id` has received so far (every network), if the engine says.
+    async fn received_packets(&self, id: &str) -> Option<u64> {
+        use futures::StreamExt;
+        let options = bollard::query_parameters::StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        let stats = self.client().stats(id, Some(options)).next().await?.ok()?;
+        Some(
+            stats
+                .networks?
+                .values()
+                .map(|n| n.rx_packets.unwrap_or(0))
+                .sum(),
+        )
+    }
+
+    /// Waits until container `id` has received no packet for `quiet` (an ingress that still routes
+    /// to it keeps sending requests), at most `timeout`; then returns either way.
+    pub async fn wait_quiet(&self, id: &str, quiet: Duration, timeout: Duration) {
+        let started = tokio::time::Instant::now();
+        let mut last = self.received_packets(id).await;
+        let mut since = tokio::time::Instant::now();
+        while since.elapsed() < quiet && started.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = self.received_packets(id).await;
+            if now.is_none() {
+                return;
+            }
+            if now != last {
+                last = now;
+                since = tokio::time::Instant::now();
+            }
+        }
+    }
+
     /// Waits until every container in `ids` (id, name) is running and, when it has a healthcheck,
     /// healthy. Fails at once when one exits, restarts or turns unhealthy, after `timeout`, or when
     /// `cancel` fires.

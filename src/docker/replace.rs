@@ -10,8 +10,8 @@
 //!   for the ingress to add it;
 //! - the old one is then drained: when its healthcheck honours a drain file (template key
 //!   `drain_file`, see [`crate::templates::ContainerSpec::health_test`]) the file is created inside
-//!   it, it turns unhealthy while still answering, and the ingress stops routing to it; only then is
-//!   it removed (a container removed while still routed to leaves the ingress sending requests to a
+//!   it, it turns unhealthy while still answering, and the ingress stops routing to it; once it has
+//!   received nothing for `REPLACE_SETTLE_MS` (the engine's packet counters) it is removed (a container removed while still routed to leaves the ingress sending requests to a
 //!   vanished address until its next refresh). Without a drain file it is removed after the settle
 //!   delay;
 //! - when the routing labels (`traefik.*`) are the same, `<name>-next` carries them (Traefik merges
@@ -164,7 +164,11 @@ async fn hop(
             engine
                 .wait_unhealthy(&outgoing.id, &outgoing.name, timing.health_timeout)
                 .await?;
-            tokio::time::sleep(timing.settle).await;
+            // Until the ingress has stopped sending it requests (its refresh can lag on a busy
+            // host): nothing received for the settle delay.
+            engine
+                .wait_quiet(&outgoing.id, timing.settle, timing.health_timeout)
+                .await;
         }
     }
     engine
