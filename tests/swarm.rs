@@ -141,6 +141,9 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
     .await;
     let pebble_root = stack.pebble.as_ref().unwrap().root_file();
     let host = format!("{slug}.localhost");
+    // A second ingress, as a service labelled `orchestrator.role=ingress` (as in scripts/stack.yml):
+    // the worker adds each team network to its task template.
+    let ingress_service = IngressService::create(&format!("sw-ingress-svc-{}", std::process::id()));
 
     // Provisioned: served over HTTPS with the Pebble certificate as soon as the task completes.
     let (result, took) = run(
@@ -221,6 +224,10 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
         (Some("overlay"), Some("swarm"))
     );
     assert_eq!(network["Attachable"], true);
+    assert!(
+        ingress_service.attached_to(&format!("team-{slug}-net")),
+        "the ingress service was not given the team network"
+    );
 
     // The tasks' containers are never the docker backend's: `teams` shows the services, and no
     // owned container of the tenant exists for reconcile --fix to remove.
@@ -299,6 +306,33 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
     // The operator puts the template that works back (resume probes the template's routes).
     templates.team(|s| version(two_web_tasks(s), "v2", false));
 
+    // Drift: a service scaled down behind the worker's back is reported by reconcile; a provision
+    // scales it back.
+    let (_, ok) = docker(&["service", "scale", "-d", &format!("team-{slug}-web=0")]);
+    assert!(ok);
+    let report = orchestrator::docker::teams::reconcile(&engine, &services, false)
+        .await
+        .unwrap();
+    let problem = format!("team-{slug}-web is scaled-down");
+    assert!(
+        report
+            .drift
+            .iter()
+            .any(|d| d.slug == slug && d.problem.contains(&problem)),
+        "{report}"
+    );
+    run(
+        &stack,
+        "team.provision",
+        &slug,
+        json!({"certificate": true}),
+    )
+    .await;
+    let report = orchestrator::docker::teams::reconcile(&engine, &services, false)
+        .await
+        .unwrap();
+    assert!(!report.drift.iter().any(|d| d.slug == slug), "{report}");
+
     // Suspend scales to 0 (the routes go), resume scales back (answering at once).
     run(&stack, "team.suspend", &slug, json!({})).await;
     let web = inspect_service(&format!("team-{slug}-web"));
@@ -324,6 +358,7 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
         async move { gone.then_some(()) }
     })
     .await;
+    assert!(!ingress_service.attached_to(&format!("team-{slug}-net")));
     assert_eq!(volumes_of(&slug), vec![format!("team-{slug}-data")]);
     eventually(
         "the tasks' containers to go",
@@ -344,6 +379,53 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
     );
     stack.stop().await;
     drop(dir);
+}
+
+/// A stand-in ingress service labelled `orchestrator.role=ingress`, removed on drop.
+struct IngressService {
+    name: String,
+}
+
+impl IngressService {
+    fn create(name: &str) -> Self {
+        let _ = docker(&["service", "rm", name]);
+        let (out, ok) = docker(&[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            name,
+            "--label",
+            "orchestrator.role=ingress",
+            "--update-order",
+            "start-first",
+            "kanban/team-web:latest",
+            "sh",
+            "-c",
+            "exec httpd -f -p 80 -h /tmp",
+        ]);
+        assert!(ok, "{out}");
+        Self {
+            name: name.to_string(),
+        }
+    }
+
+    /// Whether its task template names `network` (by name or id).
+    fn attached_to(&self, network: &str) -> bool {
+        let id = docker(&["network", "inspect", "-f", "{{.Id}}", network]).0;
+        let spec = inspect_service(&self.name);
+        spec["Spec"]["TaskTemplate"]["Networks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["Target"] == network || (!id.is_empty() && n["Target"] == id.as_str()))
+    }
+}
+
+impl Drop for IngressService {
+    fn drop(&mut self) {
+        let _ = docker(&["service", "rm", &self.name]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -159,12 +159,16 @@ impl Engine {
         }
         // Endpoints of containers (or Swarm tasks) just removed go a moment later: waited for a
         // while, then left to a retry of the task.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             match self.client().remove_network(&network.id).await {
                 Ok(()) => return Ok(true),
                 Err(e) if is_not_found(&e) => return Ok(false),
-                Err(e) if plain(&e).contains("active endpoints") => {
+                // A Swarm task still on it (an ingress service rolling off it) holds it the same way.
+                Err(e)
+                    if plain(&e).contains("active endpoints")
+                        || plain(&e).contains("in use by task") =>
+                {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(DockerError::Transient {
                             what: format!("removing network {name}"),
