@@ -4,7 +4,9 @@
 //! `provision` computes the desired state from the template, reads what exists (containers by
 //! name + ownership label, network by exact name, volume, the `team:<slug>` record) and applies the
 //! difference, step by step on the task's progress hash. A tenant already as wanted is left alone
-//! and the result says so; containers whose template hash label differs are replaced. Whatever the
+//! and the result says so; containers whose template hash label differs are replaced start-first
+//! ([`super::replace`]); with `BACKEND=swarm` the workloads are Swarm services instead
+//! ([`super::swarm`], updated in place by a rolling start-first update). Whatever the
 //! task created is written to its creation journal ([`super::journal`]) before it is created, and a
 //! failed or cancelled run removes exactly that, nothing it found (adopted): a failing re-provision
 //! never touches a live team, its DNS name or a retained data volume. Before any side effect the
