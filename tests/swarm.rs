@@ -348,6 +348,33 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
     let page = curl_https(traefik.https_port, &host, "/api/health", Some(&pebble_root));
     assert_eq!(page.status, 200, "{page:?}");
 
+    // Restart replaces every task the same way, start-first: no request fails.
+    let before = docker(&["service", "ps", "-q", &format!("team-{slug}-web")]).0;
+    let load = Load::start(
+        traefik.https_port,
+        &host,
+        &["/", "/api/health"],
+        Some(pebble_root.clone()),
+    );
+    let (_, took) = run(&stack, "team.restart", &slug, json!({})).await;
+    println!("swarm restart: {took:?}");
+    eventually("new tasks", Duration::from_secs(60), || {
+        let now = docker(&[
+            "service",
+            "ps",
+            "-q",
+            "--filter",
+            "desired-state=running",
+            &format!("team-{slug}-web"),
+        ])
+        .0;
+        let replaced = !now.is_empty() && now.lines().all(|t| !before.contains(t));
+        async move { replaced.then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    all_answered(&load.stop(), "v2");
+
     // Delete removes the services and the network; the data volume stays without purge_data.
     let (result, _) = run(&stack, "team.delete", &slug, json!({})).await;
     assert_eq!(result["network_removed"], true, "{result:#}");

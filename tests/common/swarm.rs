@@ -3,6 +3,10 @@
 //! Traefik container with the swarm provider attached to tenant overlay networks by the worker,
 //! and a drop guard for the services, networks and volumes of a test's slugs.
 //!
+//! A run killed before its guards drop (e.g. a clap exit inside the process) leaves the swarm and
+//! the Traefik container behind; the next run uses that swarm without leaving it. `docker rm -f
+//! sw-ingress-<pid>` and `docker swarm leave --force` clean up by hand.
+//!
 //! The swarm's address pool (10.202.0.0/16 in /24 networks) does not overlap the bridge pool
 //! scripts/setup.sh gives dockerd (10.201.0.0/16): other tests' bridge networks are unaffected, and
 //! leaving the swarm removes only its own `ingress` network.
