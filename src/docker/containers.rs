@@ -464,6 +464,19 @@ pub(crate) async fn pause(
     }
 }
 
+/// The engine's healthcheck of `spec` (containers and Swarm tasks alike).
+pub fn health_config(spec: &ContainerSpec) -> Option<HealthConfig> {
+    spec.healthcheck.as_ref().map(|h| HealthConfig {
+        test: spec.health_test(),
+        interval: Some(h.interval_ns),
+        timeout: Some(h.timeout_ns),
+        retries: Some(h.retries),
+        start_period: Some(h.start_period_ns),
+        // Not known to the 1.41 engine.
+        start_interval: None,
+    })
+}
+
 /// The create body of `spec`: everything as a typed map, nothing through a shell.
 pub fn container_body(rendered: &Rendered, spec: &ContainerSpec) -> ContainerCreateBody {
     let labels: HashMap<String, String> = rendered.labels_of(spec).into_iter().collect();
@@ -504,15 +517,7 @@ pub fn container_body(rendered: &Rendered, spec: &ContainerSpec) -> ContainerCre
         // The service name, not the container name: a hostname is at most 63 bytes, and a
         // 63-character slug makes `sandbox-<slug>-api` longer than that.
         hostname: Some(spec.service.clone()),
-        healthcheck: spec.healthcheck.as_ref().map(|h| HealthConfig {
-            test: spec.health_test(),
-            interval: Some(h.interval_ns),
-            timeout: Some(h.timeout_ns),
-            retries: Some(h.retries),
-            start_period: Some(h.start_period_ns),
-            // Not known to the 1.41 engine.
-            start_interval: None,
-        }),
+        healthcheck: health_config(spec),
         host_config: Some(host_config),
         networking_config: Some(NetworkingConfig {
             endpoints_config: Some(endpoints),

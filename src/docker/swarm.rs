@@ -37,13 +37,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bollard::models::{
-    EndpointSpec, EndpointSpecModeEnum, HealthConfig, Limit, Mount, MountType,
-    NetworkAttachmentConfig, Service, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
-    ServiceSpecRollbackConfig, ServiceSpecRollbackConfigFailureActionEnum,
-    ServiceSpecRollbackConfigOrderEnum, ServiceSpecUpdateConfig,
-    ServiceSpecUpdateConfigFailureActionEnum, ServiceSpecUpdateConfigOrderEnum, TaskSpec,
-    TaskSpecContainerSpec, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
-    TaskSpecRestartPolicyConditionEnum,
+    EndpointSpec, EndpointSpecModeEnum, Limit, Mount, MountType, NetworkAttachmentConfig, Service,
+    ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, ServiceSpecRollbackConfig,
+    ServiceSpecRollbackConfigFailureActionEnum, ServiceSpecRollbackConfigOrderEnum,
+    ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum,
+    ServiceSpecUpdateConfigOrderEnum, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
+    TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
 };
 use bollard::query_parameters::{ListServicesOptions, ListTasksOptions, UpdateServiceOptions};
 use tokio_util::sync::CancellationToken;
@@ -652,14 +651,7 @@ pub fn service_spec(
             env: Some(spec.env.clone()),
             mounts: (!mounts.is_empty()).then_some(mounts),
             init: spec.init.then_some(true),
-            health_check: spec.healthcheck.as_ref().map(|h| HealthConfig {
-                test: spec.health_test(),
-                interval: Some(h.interval_ns),
-                timeout: Some(h.timeout_ns),
-                retries: Some(h.retries),
-                start_period: Some(h.start_period_ns),
-                start_interval: None,
-            }),
+            health_check: super::containers::health_config(spec),
             ..Default::default()
         }),
         resources: Some(TaskSpecResources {
