@@ -328,3 +328,184 @@ impl Drop for Load {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// A second Docker engine on this machine, in a network namespace of its own joined to the host by
+/// a veth pair (10.203.<n>.1 on the host, .2 in the namespace), with its own data root, exec root
+/// (and so its own managed containerd), pid file and socket; and a two-node swarm: this process
+/// inits the swarm on the shared dockerd, advertised on the veth address (127.0.0.1 would be the
+/// second node's own loopback), and the second engine joins it as a worker with the team images
+/// loaded. Everything is undone on drop: the worker leaves and is removed, its dockerd (this
+/// process's child) stopped, the namespace deleted, the swarm left.
+pub struct TwoNodes {
+    netns: String,
+    veth: String,
+    dir: tempfile::TempDir,
+    dockerd: Option<std::process::Child>,
+    /// The worker node's id in the swarm.
+    pub worker_id: String,
+}
+
+fn run_ok(program: &str, args: &[&str]) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TwoNodes {
+    /// `None` (the test says why and passes) when a swarm is already active: the two-node swarm
+    /// must be made with an address the second node can reach.
+    pub fn start() -> Option<TwoNodes> {
+        if swarm_state() != "inactive" {
+            eprintln!("a swarm is already active on this engine: the two-node test needs its own");
+            return None;
+        }
+        let id = std::process::id() % 100_000;
+        let n = std::process::id() % 200 + 20;
+        let netns = format!("swn-{id}");
+        let veth = format!("swh{id}");
+        let peer = format!("swp{id}");
+        let (host, node) = (format!("10.203.{n}.1"), format!("10.203.{n}.2"));
+        run_ok("ip", &["netns", "add", &netns]);
+        let mut nodes = TwoNodes {
+            netns: netns.clone(),
+            veth: veth.clone(),
+            dir: tempfile::tempdir().unwrap(),
+            dockerd: None,
+            worker_id: String::new(),
+        };
+        run_ok(
+            "ip",
+            &["link", "add", &veth, "type", "veth", "peer", "name", &peer],
+        );
+        run_ok("ip", &["link", "set", &peer, "netns", &netns]);
+        run_ok("ip", &["addr", "add", &format!("{host}/24"), "dev", &veth]);
+        run_ok("ip", &["link", "set", &veth, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &netns];
+            all.extend_from_slice(args);
+            run_ok("ip", &all);
+        };
+        inside(&["ip", "addr", "add", &format!("{node}/24"), "dev", &peer]);
+        inside(&["ip", "link", "set", &peer, "up"]);
+        inside(&["ip", "link", "set", "lo", "up"]);
+        // nsenter enters the network namespace only (`ip netns exec` would remount /sys, and
+        // dockerd then finds no cgroups).
+        let dir = nodes.dir.path().to_path_buf();
+        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+        let child = std::process::Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{netns}"))
+            .arg("dockerd")
+            .arg(format!("--data-root={}", dir.join("data").display()))
+            .arg(format!("--exec-root={}", dir.join("exec").display()))
+            .arg(format!("--pidfile={}", dir.join("docker.pid").display()))
+            .arg(format!(
+                "--host=unix://{}",
+                dir.join("docker.sock").display()
+            ))
+            .args(["--bridge=none", "--iptables=false", "--ip-masq=false"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start a second dockerd");
+        nodes.dockerd = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !nodes.docker(&["info"]).1 {
+            assert!(
+                Instant::now() < deadline,
+                "the second dockerd did not start: {}",
+                std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let (out, ok) = docker(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            &host,
+            "--default-addr-pool",
+            "10.202.0.0/16",
+            "--default-addr-pool-mask-length",
+            "24",
+        ]);
+        assert!(ok, "docker swarm init: {out}");
+        let token = docker(&["swarm", "join-token", "-q", "worker"]).0;
+        let (out, ok) = nodes.docker(&[
+            "swarm",
+            "join",
+            "--token",
+            &token,
+            "--advertise-addr",
+            &node,
+            &format!("{host}:2377"),
+        ]);
+        assert!(ok, "joining the second node: {out}");
+        nodes.worker_id = nodes.docker(&["info", "--format", "{{.Swarm.NodeID}}"]).0;
+        for image in ["kanban/team-api:latest", "kanban/team-web:latest"] {
+            nodes.load(image);
+        }
+        Some(nodes)
+    }
+
+    /// `docker <args>` against the second engine.
+    pub fn docker(&self, args: &[&str]) -> (String, bool) {
+        let host = format!("unix://{}", self.dir.path().join("docker.sock").display());
+        let mut all = vec!["-H", host.as_str()];
+        all.extend_from_slice(args);
+        docker(&all)
+    }
+
+    /// Copies `image` from the shared engine into the second one (no registry here).
+    fn load(&self, image: &str) {
+        let host = format!("unix://{}", self.dir.path().join("docker.sock").display());
+        let mut save = std::process::Command::new("docker")
+            .args(["save", image])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("docker save");
+        let status = std::process::Command::new("docker")
+            .args(["-H", &host, "load", "-q"])
+            .stdin(save.stdout.take().unwrap())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("docker load");
+        assert!(
+            save.wait().unwrap().success() && status.success(),
+            "{image}"
+        );
+    }
+}
+
+impl Drop for TwoNodes {
+    fn drop(&mut self) {
+        let _ = self.docker(&["swarm", "leave", "--force"]);
+        if !self.worker_id.is_empty() {
+            let _ = docker(&["node", "rm", "--force", &self.worker_id]);
+        }
+        if let Some(mut child) = self.dockerd.take() {
+            // SIGTERM to this process's own dockerd (it stops its containerd and containers).
+            let _ = std::process::Command::new("kill")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .output();
+        let _ = docker(&["swarm", "leave", "--force"]);
+        let _ = docker(&["network", "rm", "docker_gwbridge"]);
+    }
+}
