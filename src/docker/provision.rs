@@ -520,6 +520,13 @@ async fn converge(
     progress
         .step(&format!("Ensuring network {}", rendered.network))
         .await?;
+    // The backend's node in its swarm (volumes are node-local: stateful services are pinned
+    // there); checked before anything is created.
+    let node = if config.docker.swarm() {
+        Some(engine.swarm_node().await?)
+    } else {
+        None
+    };
     claim_space(services, progress, rendered, fresh, journal).await?;
     let creation = journal.creation_labels();
     let labels = if rendered.own_network {
@@ -540,11 +547,6 @@ async fn converge(
             .record(EntryKind::Network, &rendered.network)
             .await?;
     }
-    // The backend's node in its swarm (volumes are node-local: stateful services are pinned there).
-    let node = match config.docker.swarm() {
-        true => Some(engine.swarm_node().await?),
-        false => None,
-    };
     changed |= engine
         .ensure_network_with(&rendered.network, &labels, node.is_some())
         .await?;
