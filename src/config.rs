@@ -186,6 +186,23 @@ pub struct DockerConfig {
     /// Seconds a provision waits for its containers to become healthy.
     #[arg(long, env = "HEALTH_TIMEOUT_S", default_value_t = 60)]
     pub health_timeout_s: u64,
+
+    /// Where tenants run: `docker` (one container per template service on `DOCKER_HOST`) or `swarm`
+    /// (one Swarm service per template service; `DOCKER_HOST` must be a swarm manager).
+    #[arg(long, env = "BACKEND", default_value = "docker", value_parser = ["docker", "swarm"])]
+    pub backend: String,
+
+    /// Milliseconds the ingress is given to pick up a change of the containers it routes to (a new
+    /// container turned healthy, an old one drained) during a start-first replacement.
+    #[arg(long, env = "REPLACE_SETTLE_MS", default_value_t = 1000)]
+    pub replace_settle_ms: u64,
+}
+
+impl DockerConfig {
+    /// Whether tenants run as Swarm services (`BACKEND=swarm`).
+    pub fn swarm(&self) -> bool {
+        self.backend == "swarm"
+    }
 }
 
 /// The platform zone and the DNS servers that serve it.

@@ -10,7 +10,8 @@
 //! itself, so a template cannot forget them. Supported per service: `image`, `command`,
 //! `environment`, `labels`, `healthcheck` (`test`, `interval`, `timeout`, `retries`,
 //! `start_period`), `volumes` (`<declared volume>:<path>[:ro]`), `restart`, `mem_limit`, `cpus`,
-//! `pids_limit`, `init`. Anything else is refused by name.
+//! `pids_limit`, `init`, `replicas` (Swarm backend) and `drain_file` (start-first replacement).
+//! Anything else is refused by name.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -198,6 +199,53 @@ pub struct ContainerSpec {
     pub pids_limit: Option<i64>,
     /// Run an init as PID 1 (forwards SIGTERM, reaps zombies): stops take milliseconds, not the grace period.
     pub init: bool,
+    /// Tasks of the Swarm service (`BACKEND=swarm`); the docker backend runs one container.
+    /// Left out of the hash when 1, so templates without it keep their hash.
+    #[serde(skip_serializing_if = "is_one")]
+    pub replicas: u64,
+    /// A file whose presence makes the healthcheck fail: a start-first replacement creates it in
+    /// the old container so the ingress stops routing to it before it is removed (see
+    /// [`ContainerSpec::health_test`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_file: Option<String>,
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
+}
+
+impl ContainerSpec {
+    /// The healthcheck command the engine runs: the template's, preceded by `test ! -e <drain_file>`
+    /// when the service declares one (through the image's `sh`), so that a drained container turns
+    /// unhealthy while it still answers, and the ingress (which skips unhealthy containers) stops
+    /// sending it requests before it goes away.
+    pub fn health_test(&self) -> Option<Vec<String>> {
+        let health = self.healthcheck.as_ref()?;
+        let Some(file) = &self.drain_file else {
+            return Some(health.test.clone());
+        };
+        let original = match health.test.first().map(String::as_str) {
+            Some("CMD-SHELL") => health.test[1..].join(" "),
+            Some("CMD") => shell_words(&health.test[1..]),
+            _ => shell_words(&health.test),
+        };
+        Some(vec![
+            "CMD-SHELL".into(),
+            format!(
+                "test ! -e {} && {original}",
+                shell_words(std::slice::from_ref(file))
+            ),
+        ])
+    }
+}
+
+/// Words quoted for `sh` (single quotes, embedded quotes escaped).
+fn shell_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| format!("'{}'", w.replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A healthcheck with durations in nanoseconds, as the engine wants them.
@@ -242,6 +290,10 @@ struct Service {
     pids_limit: Option<i64>,
     #[serde(default)]
     init: bool,
+    #[serde(default)]
+    replicas: Option<u64>,
+    #[serde(default)]
+    drain_file: Option<String>,
 }
 
 fn default_restart() -> String {
@@ -554,6 +606,15 @@ fn service_spec(
         Some(c) => return Err(format!("cpus {c} is out of range")),
         None => None,
     };
+    let replicas = parsed.replicas.unwrap_or(1);
+    if !(1..=100).contains(&replicas) {
+        return Err(format!("replicas {replicas} must be between 1 and 100"));
+    }
+    if let Some(file) = &parsed.drain_file
+        && (!file.starts_with('/') || file.chars().any(|c| c.is_control()))
+    {
+        return Err(format!("drain_file {file:?} is not an absolute path"));
+    }
     if let Some(p) = parsed.pids_limit
         && p <= 0
     {
@@ -573,6 +634,8 @@ fn service_spec(
         nano_cpus,
         pids_limit: parsed.pids_limit,
         init: parsed.init,
+        replicas,
+        drain_file: parsed.drain_file,
     })
 }
 

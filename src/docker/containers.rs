@@ -25,11 +25,27 @@ use crate::templates::{
     Rendered,
 };
 
-/// A container the orchestrator owns, as found in the engine.
+/// What kind of engine object runs a template service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// A container (`BACKEND=docker`).
+    Container,
+    /// A Swarm service (`BACKEND=swarm`).
+    Service,
+}
+
+/// Label Swarm puts on the containers of a service's tasks: such a container is the service's,
+/// never a docker-backend container (see [`Engine::owned_containers`]).
+pub const LABEL_SWARM_SERVICE: &str = "com.docker.swarm.service.id";
+
+/// A container (or Swarm service) the orchestrator owns, as found in the engine.
 #[derive(Debug, Clone, Serialize)]
 pub struct Owned {
     pub id: String,
     pub name: String,
+    /// Container or Swarm service.
+    pub workload: Workload,
     pub kind: Option<Kind>,
     pub slug: String,
     pub service: String,
@@ -51,18 +67,25 @@ pub struct ContainerState {
     pub has_healthcheck: bool,
 }
 
+/// The label filters of what the orchestrator owns, optionally of one tenant only.
+pub(crate) fn owner_filters(tenant: Option<(Kind, &str)>) -> Vec<String> {
+    let mut filters = vec![format!("{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}")];
+    if let Some((kind, slug)) = tenant {
+        filters.push(format!("{}={slug}", kind.label()));
+    }
+    filters
+}
+
 impl Engine {
-    /// Every container owned by the orchestrator, optionally only those of one tenant.
+    /// Every container owned by the orchestrator, optionally only those of one tenant. Containers of
+    /// Swarm services' tasks are not containers of the docker backend: left out, whatever their
+    /// labels (a `reconcile --fix` must never take them for orphans).
     pub async fn owned_containers(
         &self,
         tenant: Option<(Kind, &str)>,
     ) -> Result<Vec<Owned>, DockerError> {
-        let mut label_filters = vec![format!("{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}")];
-        if let Some((kind, slug)) = tenant {
-            label_filters.push(format!("{}={slug}", kind.label()));
-        }
         let mut filters = HashMap::new();
-        filters.insert("label", label_filters);
+        filters.insert("label", owner_filters(tenant));
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
@@ -75,8 +98,12 @@ impl Engine {
         let mut owned = Vec::new();
         for summary in list {
             let labels = summary.labels.unwrap_or_default();
+            if labels.contains_key(LABEL_SWARM_SERVICE) {
+                continue;
+            }
             let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
             owned.push(Owned {
+                workload: Workload::Container,
                 id: summary.id.unwrap_or_default(),
                 name: summary
                     .names
@@ -153,15 +180,30 @@ impl Engine {
         spec: &ContainerSpec,
         extra: &std::collections::BTreeMap<String, String>,
     ) -> Result<String, DockerError> {
+        self.create_container_as(rendered, spec, &spec.name, None, extra)
+            .await
+    }
+
+    /// [`Engine::create_container_labelled`] under another container `name`, with `labels` instead
+    /// of the template's when given (a start-first replacement's transitional container).
+    pub async fn create_container_as(
+        &self,
+        rendered: &Rendered,
+        spec: &ContainerSpec,
+        name: &str,
+        labels: Option<std::collections::BTreeMap<String, String>>,
+        extra: &std::collections::BTreeMap<String, String>,
+    ) -> Result<String, DockerError> {
         let mut body = container_body(rendered, spec);
+        if let Some(labels) = labels {
+            body.labels = Some(labels.into_iter().collect());
+        }
         if let Some(labels) = body.labels.as_mut() {
             for (k, v) in extra {
                 labels.entry(k.clone()).or_insert_with(|| v.clone());
             }
         }
-        let options = CreateContainerOptionsBuilder::default()
-            .name(&spec.name)
-            .build();
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
         let created = self
             .client()
             .create_container(Some(options), body)
@@ -169,12 +211,11 @@ impl Engine {
             .map_err(|e| {
                 if super::is_conflict(&e) {
                     DockerError::Conflict(format!(
-                        "container name {} is already in use: {}",
-                        spec.name,
+                        "container name {name} is already in use: {}",
                         super::plain(&e)
                     ))
                 } else {
-                    DockerError::engine(format!("creating container {}", spec.name), e)
+                    DockerError::engine(format!("creating container {name}"), e)
                 }
             })?;
         Ok(created.id)
@@ -224,6 +265,110 @@ impl Engine {
                 status_code: 409, ..
             }) => Ok(()),
             Err(e) => Err(DockerError::engine(format!("removing container {name}"), e)),
+        }
+    }
+
+    /// Renames container `id` (called `name`) to `to`.
+    pub async fn rename(&self, id: &str, name: &str, to: &str) -> Result<(), DockerError> {
+        let options = bollard::query_parameters::RenameContainerOptions {
+            name: to.to_string(),
+        };
+        self.client()
+            .rename_container(id, options)
+            .await
+            .map_err(|e| DockerError::engine(format!("renaming container {name} to {to}"), e))
+    }
+
+    /// Runs `cmd` inside container `id` (called `name`) and waits for it to end; its exit code.
+    pub async fn exec(&self, id: &str, name: &str, cmd: Vec<String>) -> Result<i64, DockerError> {
+        let what = || format!("running {cmd:?} in container {name}");
+        let config = bollard::models::ExecConfig {
+            cmd: Some(cmd.clone()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let created = self
+            .client()
+            .create_exec(id, config)
+            .await
+            .map_err(|e| DockerError::engine(what(), e))?;
+        let started = self
+            .client()
+            .start_exec(&created.id, None)
+            .await
+            .map_err(|e| DockerError::engine(what(), e))?;
+        // The output is not wanted, only the end of the stream (the command has exited then).
+        if let bollard::exec::StartExecResults::Attached { mut output, .. } = started {
+            use futures::StreamExt;
+            while output.next().await.is_some() {}
+        }
+        let inspect = self
+            .client()
+            .inspect_exec(&created.id)
+            .await
+            .map_err(|e| DockerError::engine(what(), e))?;
+        Ok(inspect.exit_code.unwrap_or(-1))
+    }
+
+    /// Waits until container `id` is no longer routed to by an ingress that skips unhealthy
+    /// containers: unhealthy, or not running; at most `timeout`.
+    pub async fn wait_unhealthy(
+        &self,
+        id: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(), DockerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.container_state(id).await? {
+                None => return Ok(()),
+                Some(s) if s.status != "running" || s.health == "unhealthy" => return Ok(()),
+                Some(_) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(DockerError::Timeout {
+                    what: format!("{name} to turn unhealthy once drained"),
+                    seconds: timeout.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Packets container `id` has received so far (every network), if the engine says.
+    async fn received_packets(&self, id: &str) -> Option<u64> {
+        use futures::StreamExt;
+        let options = bollard::query_parameters::StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        let stats = self.client().stats(id, Some(options)).next().await?.ok()?;
+        Some(
+            stats
+                .networks?
+                .values()
+                .map(|n| n.rx_packets.unwrap_or(0))
+                .sum(),
+        )
+    }
+
+    /// Waits until container `id` has received no packet for `quiet` (an ingress that still routes
+    /// to it keeps sending requests), at most `timeout`; then returns either way.
+    pub async fn wait_quiet(&self, id: &str, quiet: Duration, timeout: Duration) {
+        let started = tokio::time::Instant::now();
+        let mut last = self.received_packets(id).await;
+        let mut since = tokio::time::Instant::now();
+        while since.elapsed() < quiet && started.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = self.received_packets(id).await;
+            if now.is_none() {
+                return;
+            }
+            if now != last {
+                last = now;
+                since = tokio::time::Instant::now();
+            }
         }
     }
 
@@ -296,18 +441,40 @@ impl Engine {
                     seconds: timeout.as_secs(),
                 });
             }
-            let pause = tokio::time::sleep(Duration::from_millis(100));
-            match cancel {
-                Some(token) => tokio::select! {
-                    _ = pause => {}
-                    _ = token.cancelled() => {
-                        return Err(DockerError::Cancelled("waiting for containers to become healthy".into()));
-                    }
-                },
-                None => pause.await,
-            }
+            pause(cancel, "waiting for containers to become healthy").await?;
         }
     }
+}
+
+/// Sleeps 100 ms between two polls of a wait; `Cancelled` (naming `what`) when `cancel` fires first.
+pub(crate) async fn pause(
+    cancel: Option<&CancellationToken>,
+    what: &str,
+) -> Result<(), DockerError> {
+    let pause = tokio::time::sleep(Duration::from_millis(100));
+    match cancel {
+        Some(token) => tokio::select! {
+            _ = pause => Ok(()),
+            _ = token.cancelled() => Err(DockerError::Cancelled(what.into())),
+        },
+        None => {
+            pause.await;
+            Ok(())
+        }
+    }
+}
+
+/// The engine's healthcheck of `spec` (containers and Swarm tasks alike).
+pub fn health_config(spec: &ContainerSpec) -> Option<HealthConfig> {
+    spec.healthcheck.as_ref().map(|h| HealthConfig {
+        test: spec.health_test(),
+        interval: Some(h.interval_ns),
+        timeout: Some(h.timeout_ns),
+        retries: Some(h.retries),
+        start_period: Some(h.start_period_ns),
+        // Not known to the 1.41 engine.
+        start_interval: None,
+    })
 }
 
 /// The create body of `spec`: everything as a typed map, nothing through a shell.
@@ -350,15 +517,7 @@ pub fn container_body(rendered: &Rendered, spec: &ContainerSpec) -> ContainerCre
         // The service name, not the container name: a hostname is at most 63 bytes, and a
         // 63-character slug makes `sandbox-<slug>-api` longer than that.
         hostname: Some(spec.service.clone()),
-        healthcheck: spec.healthcheck.as_ref().map(|h| HealthConfig {
-            test: Some(h.test.clone()),
-            interval: Some(h.interval_ns),
-            timeout: Some(h.timeout_ns),
-            retries: Some(h.retries),
-            start_period: Some(h.start_period_ns),
-            // Not known to the 1.41 engine.
-            start_interval: None,
-        }),
+        healthcheck: health_config(spec),
         host_config: Some(host_config),
         networking_config: Some(NetworkingConfig {
             endpoints_config: Some(endpoints),

@@ -43,6 +43,8 @@ pub enum EntryKind {
     Volume,
     /// A container.
     Container,
+    /// A Swarm service (`BACKEND=swarm`).
+    Service,
     /// The tenant's DNS name (`<slug>` A).
     Dns,
     /// A stored certificate.
@@ -281,6 +283,17 @@ impl Journal {
                     .remove_container(&id, &entry.name)
                     .await
                     .map_err(docker)?;
+                Ok(true)
+            }
+            EntryKind::Service => {
+                let Some(service) = engine.find_service(&entry.name).await.map_err(docker)? else {
+                    return Ok(false);
+                };
+                let labels = service.spec.as_ref().and_then(|s| s.labels.as_ref());
+                if !ours(labels) {
+                    return Ok(false);
+                }
+                engine.remove_service(&entry.name).await.map_err(docker)?;
                 Ok(true)
             }
             EntryKind::Network => {

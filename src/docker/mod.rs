@@ -6,14 +6,19 @@
 //!
 //! The provisioning engine shared by teams and sandboxes lives in [`provision`], the record of
 //! what each provisioning task created (so a rollback removes only that) in [`journal`]; the read-only and
-//! repair views (`teams`, `reconcile`, `plan`) in [`teams`].
+//! repair views (`teams`, `reconcile`, `plan`) in [`teams`]. Where tenants run is the backend
+//! ([`backend`]): containers (with start-first replacement, [`replace`]) or Swarm services
+//! ([`swarm`]).
 
+pub mod backend;
 pub mod containers;
 pub mod ingress;
 pub mod journal;
 pub mod networks;
 pub mod provision;
 pub mod readiness;
+pub mod replace;
+pub mod swarm;
 pub mod teams;
 
 use std::collections::HashMap;
@@ -26,7 +31,7 @@ use thiserror::Error;
 use crate::config::DockerConfig;
 use crate::task::TaskError;
 
-pub use containers::{ContainerState, Owned};
+pub use containers::{ContainerState, Owned, Workload};
 
 /// An engine error, named by what was being done.
 #[derive(Debug, Error)]

@@ -87,13 +87,26 @@ impl Engine {
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<bool, DockerError> {
+        self.ensure_network_with(name, labels, false).await
+    }
+
+    /// [`Engine::ensure_network`], or with `overlay` an attachable overlay network of swarm scope
+    /// (the Swarm backend's tenant network, which an ingress container can join).
+    pub async fn ensure_network_with(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        overlay: bool,
+    ) -> Result<bool, DockerError> {
         let _guard = CREATE_LOCK.lock().await;
         if self.find_network(name).await?.is_some() {
             return Ok(false);
         }
         let request = NetworkCreateRequest {
             name: name.to_string(),
-            driver: Some("bridge".into()),
+            driver: Some(if overlay { "overlay" } else { "bridge" }.into()),
+            attachable: overlay.then_some(true),
+            scope: overlay.then(|| "swarm".to_string()),
             labels: Some(labels.clone().into_iter().collect()),
             ..Default::default()
         };
@@ -131,6 +144,8 @@ impl Engine {
         if !network.owned {
             return Ok(false);
         }
+        // An ingress service holding the network (Swarm backend) lets go of it first.
+        self.detach_ingress_services(name, ingress).await?;
         // Every ingress attached to it (by name, or by label even when this worker has none
         // configured): a network with endpoints cannot go.
         let mut ingresses = self.labelled_ingresses().await?;
@@ -142,16 +157,28 @@ impl Engine {
                 self.disconnect(name, &attached).await?;
             }
         }
-        match self.client().remove_network(&network.id).await {
-            Ok(()) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            // Endpoints of containers just removed (or of a start the engine lost mid-way) go a
-            // moment later: may pass, so retried rather than final.
-            Err(e) if plain(&e).contains("active endpoints") => Err(DockerError::Transient {
-                what: format!("removing network {name}"),
-                message: plain(&e),
-            }),
-            Err(e) => Err(DockerError::engine(format!("removing network {name}"), e)),
+        // Endpoints of containers (or Swarm tasks) just removed go a moment later: waited for a
+        // while, then left to a retry of the task.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match self.client().remove_network(&network.id).await {
+                Ok(()) => return Ok(true),
+                Err(e) if is_not_found(&e) => return Ok(false),
+                // A Swarm task still on it (an ingress service rolling off it) holds it the same way.
+                Err(e)
+                    if plain(&e).contains("active endpoints")
+                        || plain(&e).contains("in use by task") =>
+                {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(DockerError::Transient {
+                            what: format!("removing network {name}"),
+                            message: plain(&e),
+                        });
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(DockerError::engine(format!("removing network {name}"), e)),
+            }
         }
     }
 

@@ -4,7 +4,9 @@
 //! `provision` computes the desired state from the template, reads what exists (containers by
 //! name + ownership label, network by exact name, volume, the `team:<slug>` record) and applies the
 //! difference, step by step on the task's progress hash. A tenant already as wanted is left alone
-//! and the result says so; containers whose template hash label differs are replaced. Whatever the
+//! and the result says so; containers whose template hash label differs are replaced start-first
+//! ([`super::replace`]); with `BACKEND=swarm` the workloads are Swarm services instead
+//! ([`super::swarm`], updated in place by a rolling start-first update). Whatever the
 //! task created is written to its creation journal ([`super::journal`]) before it is created, and a
 //! failed or cancelled run removes exactly that, nothing it found (adopted): a failing re-provision
 //! never touches a live team, its DNS name or a retained data volume. Before any side effect the
@@ -349,7 +351,7 @@ pub async fn provision(
             // Keep the record while anything of the tenant is left: an unrecorded tenant's
             // containers are what `reconcile --fix` removes.
             let remaining = engine
-                .owned_containers(Some((kind, slug)))
+                .workloads(Some((kind, slug)))
                 .await
                 .map(|c| !c.is_empty())
                 .unwrap_or(true);
@@ -513,13 +515,18 @@ async fn converge(
     certificate_order: CertificateOrder,
 ) -> Result<Value, TaskError> {
     let config = &services.config;
-    let kind = rendered.kind;
-    let slug = rendered.slug.as_str();
     let mut changed = false;
 
     progress
         .step(&format!("Ensuring network {}", rendered.network))
         .await?;
+    // The backend's node in its swarm (volumes are node-local: stateful services are pinned
+    // there); checked before anything is created.
+    let node = if config.docker.swarm() {
+        Some(engine.swarm_node().await?)
+    } else {
+        None
+    };
     claim_space(services, progress, rendered, fresh, journal).await?;
     let creation = journal.creation_labels();
     let labels = if rendered.own_network {
@@ -540,10 +547,18 @@ async fn converge(
             .record(EntryKind::Network, &rendered.network)
             .await?;
     }
-    changed |= engine.ensure_network(&rendered.network, &labels).await?;
     changed |= engine
-        .attach_ingress(&rendered.network, &config.docker.ingress_container)
+        .ensure_network_with(&rendered.network, &labels, node.is_some())
         .await?;
+    let ingress = &config.docker.ingress_container;
+    changed |= match node {
+        Some(_) => {
+            engine
+                .attach_ingress_swarm(&rendered.network, ingress)
+                .await?
+        }
+        None => engine.attach_ingress(&rendered.network, ingress).await?,
+    };
 
     progress.step("Checking images").await?;
     let mut images: Vec<&str> = rendered
@@ -571,9 +586,60 @@ async fn converge(
         changed |= engine.ensure_volume(volume, &labels).await?;
     }
 
+    let timeout = Duration::from_secs(config.docker.health_timeout_s.max(1));
+    let timing = super::replace::Timing {
+        health_timeout: timeout,
+        settle: Duration::from_millis(config.docker.replace_settle_ms),
+    };
+    let (ids, workloads_changed) = match &node {
+        Some(node) => {
+            progress.step("Creating services").await?;
+            let applied =
+                apply_services(engine, progress, rendered, &creation, journal, node).await?;
+            progress.step("Waiting for services to run").await?;
+            let names = rendered.container_names();
+            engine
+                .wait_services(
+                    &names,
+                    Some(&rendered.hash),
+                    timeout,
+                    progress.cancellation(),
+                )
+                .await?;
+            applied
+        }
+        None => apply_containers(engine, progress, rendered, &creation, journal, timing).await?,
+    };
+    finish(
+        services,
+        progress,
+        rendered,
+        options,
+        journal,
+        certificate_order,
+        ids,
+        changed || workloads_changed,
+    )
+    .await
+}
+
+/// The docker backend's part of [`converge`]: containers created, started, or replaced
+/// start-first ([`super::replace`]), those the template no longer has removed, then waited on
+/// until ready. Returns (id, name) of each and whether anything changed.
+async fn apply_containers(
+    engine: &Engine,
+    progress: &dyn Progress,
+    rendered: &Rendered,
+    creation: &BTreeMap<String, String>,
+    journal: &Journal,
+    timing: super::replace::Timing,
+) -> Result<(Vec<(String, String)>, bool), TaskError> {
+    let (kind, slug) = (rendered.kind, rendered.slug.as_str());
+    let mut changed = false;
     progress.step("Creating containers").await?;
     let existing = engine.owned_containers(Some((kind, slug))).await?;
     let mut ids = Vec::new();
+    let mut replacements = Vec::new();
     for spec in &rendered.containers {
         let found = existing.iter().find(|c| c.name == spec.name);
         let id = match found {
@@ -584,22 +650,19 @@ async fn converge(
                 }
                 c.id.clone()
             }
-            other => {
-                if let Some(old) = other {
-                    progress
-                        .note(&format!(
-                            "Replacing {} (template changed: {} -> {})",
-                            old.name, old.template_hash, rendered.hash
-                        ))
-                        .await?;
-                    engine.remove_container(&old.id, &old.name).await?;
-                } else {
-                    // A container of this name without our label is a conflict; say so clearly.
-                    engine.container_state(&spec.name).await?;
-                }
+            Some(old) => {
+                // Replaced below, all at once: each waits for health and drains on its own.
+                replacements.push(super::replace::start_first(
+                    engine, progress, timing, rendered, spec, old, creation, journal,
+                ));
+                continue;
+            }
+            None => {
+                // A container of this name without our label is a conflict; say so clearly.
+                engine.container_state(&spec.name).await?;
                 journal.record(EntryKind::Container, &spec.name).await?;
                 let id = engine
-                    .create_container_labelled(rendered, spec, &creation)
+                    .create_container_labelled(rendered, spec, creation)
                     .await?;
                 engine.start(&id, &spec.name).await?;
                 changed = true;
@@ -607,6 +670,22 @@ async fn converge(
             }
         };
         ids.push((id, spec.name.clone()));
+    }
+    if !replacements.is_empty() {
+        changed = true;
+        let replaced = futures::future::join_all(replacements).await;
+        for (spec, id) in rendered
+            .containers
+            .iter()
+            .filter(|s| {
+                existing
+                    .iter()
+                    .any(|c| c.name == s.name && c.template_hash != rendered.hash)
+            })
+            .zip(replaced)
+        {
+            ids.push((id?, spec.name.clone()));
+        }
     }
     // Services the template no longer has.
     for stale in existing
@@ -620,9 +699,80 @@ async fn converge(
     progress
         .step("Waiting for containers to become healthy")
         .await?;
-    let timeout = Duration::from_secs(config.docker.health_timeout_s.max(1));
-    super::readiness::wait_ready(engine, rendered, &ids, timeout, progress.cancellation()).await?;
+    super::readiness::wait_ready(
+        engine,
+        rendered,
+        &ids,
+        timing.health_timeout,
+        progress.cancellation(),
+    )
+    .await?;
+    Ok((ids, changed))
+}
 
+/// The Swarm backend's part of [`converge`]: one service per template service, journaled before
+/// it is created; services the template no longer has are removed. Returns (id, name) of each and
+/// whether anything changed.
+async fn apply_services(
+    engine: &Engine,
+    progress: &dyn Progress,
+    rendered: &Rendered,
+    creation: &BTreeMap<String, String>,
+    journal: &Journal,
+    node: &str,
+) -> Result<(Vec<(String, String)>, bool), TaskError> {
+    let existing = engine
+        .owned_services(Some((rendered.kind, &rendered.slug)))
+        .await?;
+    let mut changed = false;
+    let mut ids = Vec::new();
+    for spec in &rendered.containers {
+        let found = existing.iter().find(|s| s.name == spec.name);
+        if found.is_none() {
+            journal.record(EntryKind::Service, &spec.name).await?;
+        }
+        let applied = engine.apply_service(rendered, spec, creation, node).await?;
+        if let Some(old) = found
+            && old.template_hash != rendered.hash
+        {
+            progress
+                .note(&format!(
+                    "Rolling update of service {} (template changed: {} -> {}; start-first, \
+                     rolled back by Swarm if the new tasks fail)",
+                    spec.name, old.template_hash, rendered.hash
+                ))
+                .await?;
+        }
+        changed |= applied.changed;
+        ids.push((applied.id, spec.name.clone()));
+    }
+    for stale in existing
+        .iter()
+        .filter(|s| !rendered.containers.iter().any(|c| c.name == s.name))
+    {
+        engine.remove_service(&stale.name).await?;
+        changed = true;
+    }
+    Ok((ids, changed))
+}
+
+/// The steps after the workloads run, shared by both backends: DNS name, certificate, "active
+/// means reachable", the record and the status event.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    services: &Services,
+    progress: &dyn Progress,
+    rendered: &Rendered,
+    options: &ProvisionOptions,
+    journal: &Journal,
+    certificate_order: CertificateOrder,
+    ids: Vec<(String, String)>,
+    changed: bool,
+) -> Result<Value, TaskError> {
+    let config = &services.config;
+    let kind = rendered.kind;
+    let slug = rendered.slug.as_str();
+    let timeout = Duration::from_secs(config.docker.health_timeout_s.max(1));
     progress.step("Registering DNS name").await?;
     if !services.names.has_name(slug).await? {
         journal.record(EntryKind::Dns, slug).await?;
@@ -734,9 +884,9 @@ pub async fn delete(
     // A sandbox.delete must never remove a team's name (or the other way round), nor a user
     // another user's tenant.
     check_owner(progress, check_kind(services, kind, slug).await?, "delete")?;
-    let containers = engine.owned_containers(Some((kind, slug))).await?;
+    let containers = engine.workloads(Some((kind, slug))).await?;
     for c in &containers {
-        engine.remove_container(&c.id, &c.name).await?;
+        engine.remove_workload(c).await?;
     }
     progress.step("Removing network").await?;
     let network = templates::network_name(config, kind, slug);
@@ -843,31 +993,33 @@ pub async fn lifecycle(
         check_kind(services, kind, slug).await?,
         verb.to_lowercase().as_str(),
     )?;
-    let containers = engine.owned_containers(Some((kind, slug))).await?;
+    let containers = engine.workloads(Some((kind, slug))).await?;
     if containers.is_empty() {
         return Err(TaskError::Failed(format!(
             "{} {slug} has no containers: provision it first",
             kind.as_str()
         )));
     }
+    // A Swarm service resumes at its template's replicas.
+    let rendered = templates::render(&services.config, kind, slug).ok();
     for c in &containers {
+        let replicas = rendered
+            .as_ref()
+            .and_then(|r| r.containers.iter().find(|s| s.name == c.name))
+            .map_or(1, |s| s.replicas);
         match action {
-            Lifecycle::Restart => engine.restart(&c.id, &c.name).await?,
-            Lifecycle::Suspend => engine.stop(&c.id, &c.name, 10).await?,
-            Lifecycle::Resume => engine.start(&c.id, &c.name).await?,
+            Lifecycle::Restart => engine.restart_workload(c).await?,
+            Lifecycle::Suspend => engine.suspend_workload(c).await?,
+            Lifecycle::Resume => engine.resume_workload(c, replicas).await?,
         }
     }
     progress.step("Waiting for containers").await?;
     let status = if action == Lifecycle::Suspend {
         "suspended"
     } else {
-        let ids: Vec<(String, String)> = containers
-            .iter()
-            .map(|c| (c.id.clone(), c.name.clone()))
-            .collect();
         let timeout = Duration::from_secs(services.config.docker.health_timeout_s.max(1));
         engine
-            .wait_healthy(&ids, timeout, progress.cancellation())
+            .wait_workloads(&containers, timeout, progress.cancellation())
             .await
             .map_err(TaskError::from)?;
         // "active" means reachable (INGRESS_PROBE_URL).

@@ -223,12 +223,13 @@ enum Answer {
     NotYet(String),
 }
 
-/// One GET of `path` at `addr` with Host (and, over TLS, SNI) `host`.
+/// One GET of `path` at `addr` with Host (and, over TLS, SNI) `host`; with `healthy`, only a 2xx
+/// counts (the path is the health URL of the router's container).
 async fn through_ingress(
     addr: SocketAddr,
     tls: Option<(&tokio_rustls::TlsConnector, &AnyCertificate)>,
     host: &str,
-    path: &str,
+    (path, healthy): (&str, bool),
     serial: Option<&str>,
 ) -> Answer {
     let stream = match tokio::time::timeout(PROBE_IO, TcpStream::connect(addr)).await {
@@ -270,22 +271,41 @@ async fn through_ingress(
         502..=504 => Answer::NotYet(format!(
             "{code} from the ingress: it cannot reach the tenant's containers (is it attached to the tenant network?)"
         )),
+        // Another router of the tenant (a shorter rule) answers while this one is not loaded yet.
+        _ if healthy && !(200..300).contains(&code) => Answer::NotYet(format!(
+            "{code} at the health URL of the router's container: its router is not loaded yet"
+        )),
         _ => Answer::Reached,
     }
 }
 
-/// The path each router of `rendered` routes: its `PathPrefix` or `/`.
-fn router_paths(rendered: &Rendered) -> Vec<String> {
-    let mut paths: Vec<String> = rendered
+/// The path to ask for each router of `rendered`: the health URL path of its container when the
+/// router routes it (then only a 2xx counts: a router not loaded yet would leave the request to
+/// another router of the tenant, whose 404 would look like an answer), else its `PathPrefix` or `/`.
+fn router_paths(rendered: &Rendered) -> Vec<(String, bool)> {
+    let mut paths: Vec<(String, bool)> = rendered
         .containers
         .iter()
-        .flat_map(|c| c.labels.iter())
-        .filter(|(k, _)| k.starts_with("traefik.http.routers.") && k.ends_with(".rule"))
-        .map(|(_, rule)| {
-            rule.split_once("PathPrefix(`")
-                .and_then(|(_, rest)| rest.split_once('`'))
-                .map(|(p, _)| p.to_string())
-                .unwrap_or_else(|| "/".into())
+        .flat_map(|c| {
+            let health = c
+                .healthcheck
+                .as_ref()
+                .and_then(|h| health_url(&h.test))
+                .map(|(_, path)| path);
+            c.labels
+                .iter()
+                .filter(|(k, _)| k.starts_with("traefik.http.routers.") && k.ends_with(".rule"))
+                .map(move |(_, rule)| {
+                    let prefix = rule
+                        .split_once("PathPrefix(`")
+                        .and_then(|(_, rest)| rest.split_once('`'))
+                        .map(|(p, _)| p.to_string())
+                        .unwrap_or_else(|| "/".into());
+                    match &health {
+                        Some(h) if h.starts_with(&prefix) => (h.clone(), true),
+                        _ => (prefix, false),
+                    }
+                })
         })
         .collect();
     paths.sort();
@@ -349,10 +369,10 @@ pub async fn probe_ingress(
         let mut last = String::new();
         for path in pending {
             let tls = connector.as_ref().map(|c| (c, verifier.as_ref()));
-            match through_ingress(addr, tls, host, &path, serial).await {
+            match through_ingress(addr, tls, host, (&path.0, path.1), serial).await {
                 Answer::Reached => {}
                 Answer::NotYet(why) => {
-                    last = format!("https://{host}{path}: {why}");
+                    last = format!("https://{host}{}: {why}", path.0);
                     still.push(path);
                 }
             }
@@ -412,6 +432,40 @@ mod tests {
             Some((80, "/".into()))
         );
         assert_eq!(health_url(&["true".to_string()]), None);
+    }
+
+    #[test]
+    fn probes_each_router_at_its_containers_health_url() {
+        let source =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/templates/team.yml"))
+                .unwrap();
+        let mut images = std::collections::BTreeMap::new();
+        images.insert("api".to_string(), "a".to_string());
+        images.insert("web".to_string(), "w".to_string());
+        let values = crate::templates::Values {
+            kind: "team",
+            slug: "acme".into(),
+            prefix: "team-acme".into(),
+            domain: "localhost".into(),
+            host: "acme.localhost".into(),
+            entrypoint: "websecure".into(),
+            certresolver: String::new(),
+            middlewares: String::new(),
+            network: "team-acme-net".into(),
+            images,
+        };
+        let rendered = crate::templates::render_source(
+            std::path::Path::new("team.yml"),
+            &source,
+            crate::templates::Kind::Team,
+            &values,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            router_paths(&rendered),
+            vec![("/".to_string(), true), ("/api/health".to_string(), true)]
+        );
     }
 
     #[test]

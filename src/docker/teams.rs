@@ -11,7 +11,7 @@ use std::fmt;
 use serde::Serialize;
 
 use super::provision::{self, ProvisionOptions, Quiet, read_record, set_key};
-use super::{DockerError, Engine, Owned};
+use super::{DockerError, Engine, Owned, Workload};
 use crate::services::Services;
 use crate::task::TaskError;
 use crate::templates::{self, Kind};
@@ -55,7 +55,8 @@ impl fmt::Display for TenantRow {
 
 /// Every recorded tenant plus every tenant the engine runs without a record, sorted.
 pub async fn list(engine: &Engine, services: &Services) -> Result<Vec<TenantRow>, TaskError> {
-    let containers = engine.owned_containers(None).await?;
+    // Containers and Swarm services alike (see `docker::backend`).
+    let containers = engine.workloads(None).await?;
     let mut rows = Vec::new();
     let mut seen = BTreeSet::new();
     for kind in [Kind::Team, Kind::Sandbox] {
@@ -112,7 +113,10 @@ fn of(all: &[Owned], kind: Kind, slug: &str) -> Vec<Owned> {
 }
 
 async fn with_health(engine: &Engine, mut list: Vec<Owned>) -> Result<Vec<Owned>, DockerError> {
-    for c in &mut list {
+    for c in list
+        .iter_mut()
+        .filter(|c| c.workload == Workload::Container)
+    {
         if let Ok(Some(state)) = engine.container_state(&c.id).await {
             c.health = state.health;
         }
@@ -256,7 +260,7 @@ pub async fn reconcile(
                 let running: Vec<&str> = row
                     .containers
                     .iter()
-                    .filter(|c| c.state == "running")
+                    .filter(|c| is_running(c))
                     .map(|c| c.name.as_str())
                     .collect();
                 if running.is_empty() {
@@ -348,6 +352,11 @@ pub async fn reconcile_ingress(
     Ok(found)
 }
 
+/// Whether a workload runs (a service converging towards some tasks counts as running).
+fn is_running(w: &Owned) -> bool {
+    w.state == "running" || w.state == "converging"
+}
+
 /// What is wrong with a tenant Redis records as existing, if anything.
 fn active_problem(services: &Services, row: &TenantRow) -> Option<String> {
     if row.status == "failed" && row.containers.is_empty() {
@@ -377,7 +386,7 @@ async fn apply_fix(engine: &Engine, services: &Services, row: &TenantRow) -> Res
     match row.status.as_str() {
         "unrecorded" => {
             for c in &row.containers {
-                engine.remove_container(&c.id, &c.name).await?;
+                engine.remove_workload(c).await?;
             }
             if services.config.docker.network_mode != "shared" {
                 let network = templates::network_name(&services.config, row.kind, &row.slug);
@@ -388,8 +397,8 @@ async fn apply_fix(engine: &Engine, services: &Services, row: &TenantRow) -> Res
             Ok(())
         }
         "suspended" => {
-            for c in row.containers.iter().filter(|c| c.state == "running") {
-                engine.stop(&c.id, &c.name, 10).await?;
+            for c in row.containers.iter().filter(|c| is_running(c)) {
+                engine.suspend_workload(c).await?;
             }
             Ok(())
         }
@@ -481,7 +490,9 @@ pub async fn plan(
         resource: "network".into(),
         name: rendered.network.clone(),
         action: if network.is_some() { "keep" } else { "create" }.into(),
-        detail: if rendered.own_network {
+        detail: if rendered.own_network && config.docker.swarm() {
+            "own overlay (attachable)".into()
+        } else if rendered.own_network {
             "own bridge".into()
         } else {
             "shared".into()
@@ -496,19 +507,27 @@ pub async fn plan(
             detail: String::new(),
         });
     }
-    let existing = engine.owned_containers(Some((kind, slug))).await?;
+    let existing = engine.workloads(Some((kind, slug))).await?;
+    let resource = if config.docker.swarm() {
+        "service"
+    } else {
+        "container"
+    };
     for spec in &rendered.containers {
         let (action, detail) = match existing.iter().find(|c| c.name == spec.name) {
             None => ("create", spec.image.clone()),
             Some(c) if c.template_hash != rendered.hash => (
                 "replace",
-                format!("template {} -> {}", c.template_hash, rendered.hash),
+                format!(
+                    "template {} -> {} (start-first)",
+                    c.template_hash, rendered.hash
+                ),
             ),
             Some(c) if c.state != "running" => ("start", format!("now {}", c.state)),
             Some(_) => ("keep", "running, template unchanged".into()),
         };
         items.push(PlanItem {
-            resource: "container".into(),
+            resource: resource.into(),
             name: spec.name.clone(),
             action: action.into(),
             detail,
@@ -519,7 +538,7 @@ pub async fn plan(
         .filter(|c| !rendered.containers.iter().any(|s| s.name == c.name))
     {
         items.push(PlanItem {
-            resource: "container".into(),
+            resource: resource.into(),
             name: stale.name.clone(),
             action: "remove".into(),
             detail: "no longer in the template".into(),

@@ -12,6 +12,7 @@ pub mod proxy;
 pub mod redis_server;
 pub mod sentinel;
 pub mod sockproxy;
+pub mod swarm;
 pub mod tasks;
 pub mod traefik;
 pub mod worker;
