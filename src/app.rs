@@ -167,7 +167,7 @@ pub async fn start_worker(config: Arc<Config>) -> Result<RunningWorker, StartErr
             crate::console::start(services.clone(), definitions.clone(), shutdown.clone())
                 .await
                 .map_err(|err| match err {
-                    crate::console::ConsoleError::Start(err) => err,
+                    crate::console::ConsoleError::Connection(err) => StartError::Connection(err),
                     crate::console::ConsoleError::Listen { addr, source } => {
                         StartError::Listen { addr, source }
                     }

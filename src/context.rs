@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::progress::{self, ResourceEvent, Update};
-use crate::services::Services;
+use crate::services::{Services, TaskReporter};
 use crate::task::{Task, TaskError, TaskStatus};
 
 /// The context of one attempt of one task.
@@ -237,5 +237,21 @@ impl TaskContext {
                 Err(TaskError::Superseded(reason.into()))
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl TaskReporter for TaskContext {
+    async fn step(&self, message: &str) -> Result<(), TaskError> {
+        TaskContext::step(self, message).await
+    }
+    async fn note(&self, message: &str) -> Result<(), TaskError> {
+        TaskContext::note(self, message).await
+    }
+    async fn checkpoint(&self) -> Result<(), TaskError> {
+        TaskContext::checkpoint(self).await
+    }
+    fn cancellation(&self) -> &CancellationToken {
+        TaskContext::cancellation(self)
     }
 }

@@ -187,6 +187,9 @@ pub fn console_events(id: &str) -> String {
     format!("console:events:{id}")
 }
 
+/// The field of a task's `console_events` hash that keeps a copy of its envelope.
+pub const CONSOLE_ENVELOPE_FIELD: &str = "envelope";
+
 /// Counter the replication probe increments before `WAIT` (`replication`): a write of the probe's
 /// own connection that the replicas acknowledge after every write the master applied before it.
 pub const REPLICATION_PROBE: &str = "{orch}:replicated";

@@ -8,10 +8,25 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::context::TaskContext;
 use crate::task::TaskError;
+
+/// What work running inside a task reports through, and how it learns it should stop: the task's
+/// context seen through the four things a seam needs (`TaskContext` implements it), so that the
+/// seams below don't depend on the context that holds them.
+#[async_trait]
+pub trait TaskReporter: Send + Sync {
+    /// Starts the task's next step (a cancellation point).
+    async fn step(&self, message: &str) -> Result<(), TaskError>;
+    /// A message within the current step.
+    async fn note(&self, message: &str) -> Result<(), TaskError>;
+    /// Fails with the cancellation (or the lost lease) if the task should stop now.
+    async fn checkpoint(&self) -> Result<(), TaskError>;
+    /// Fires when the task should stop waiting.
+    fn cancellation(&self) -> &CancellationToken;
+}
 
 /// How provisioning handlers give a team (or sandbox) its DNS name and take it away.
 #[async_trait]
@@ -39,7 +54,7 @@ pub trait CertificateIssuer: Send + Sync {
     /// Returns what the portal should know about it (name, not-after, paths).
     async fn ensure_certificate(
         &self,
-        ctx: &TaskContext,
+        ctx: &dyn TaskReporter,
         name: &str,
         domains: &[String],
     ) -> Result<Value, TaskError>;
@@ -76,7 +91,7 @@ pub struct NoCertificates;
 impl CertificateIssuer for NoCertificates {
     async fn ensure_certificate(
         &self,
-        _ctx: &TaskContext,
+        _ctx: &dyn TaskReporter,
         name: &str,
         _domains: &[String],
     ) -> Result<Value, TaskError> {

@@ -25,8 +25,7 @@ use super::storage::{
 };
 use super::{AcmeError, ChallengeDns, describe_problem, http01};
 use crate::config::Config;
-use crate::context::TaskContext;
-use crate::services::{CertificateIssuer, Services};
+use crate::services::{CertificateIssuer, Services, TaskReporter};
 use crate::task::TaskError;
 use crate::validate;
 
@@ -93,18 +92,25 @@ pub enum Report {
     Notes,
 }
 
-async fn say(ctx: &TaskContext, report: Report, message: impl AsRef<str>) -> Result<(), TaskError> {
+async fn say(
+    ctx: &dyn TaskReporter,
+    report: Report,
+    message: impl AsRef<str>,
+) -> Result<(), TaskError> {
     match report {
-        Report::Steps => ctx.step(message).await,
+        Report::Steps => ctx.step(message.as_ref()).await,
         Report::Notes => {
             ctx.checkpoint().await?;
-            ctx.note(message).await
+            ctx.note(message.as_ref()).await
         }
     }
 }
 
 /// Runs `fut` unless the task is cancelled first.
-async fn cancellable<T>(ctx: &TaskContext, fut: impl Future<Output = T>) -> Result<T, TaskError> {
+async fn cancellable<T>(
+    ctx: &dyn TaskReporter,
+    fut: impl Future<Output = T>,
+) -> Result<T, TaskError> {
     tokio::select! {
         out = fut => Ok(out),
         _ = ctx.cancellation().cancelled() => Err(ctx
@@ -292,7 +298,7 @@ impl Acme {
     /// Issues a certificate for `request` and stores it; reports each ACME step as `report` says.
     pub async fn issue(
         &self,
-        ctx: &TaskContext,
+        ctx: &dyn TaskReporter,
         request: &IssueRequest,
         report: Report,
     ) -> Result<CertRecord, TaskError> {
@@ -303,8 +309,10 @@ impl Acme {
         let (chain, key) = outcome?;
         if let Err(e) = cleaned {
             tracing::warn!(error = %e, "challenge records not all withdrawn");
-            ctx.note(format!("warning: challenge records not all withdrawn: {e}"))
-                .await?;
+            ctx.note(&format!(
+                "warning: challenge records not all withdrawn: {e}"
+            ))
+            .await?;
         }
         say(ctx, report, format!("Storing certificate {}", request.name)).await?;
         self.store
@@ -315,7 +323,7 @@ impl Acme {
     /// The ACME conversation; returns the chain and the private key (PEM).
     async fn order(
         &self,
-        ctx: &TaskContext,
+        ctx: &dyn TaskReporter,
         request: &IssueRequest,
         report: Report,
         published: &mut Published,
@@ -406,7 +414,7 @@ impl Acme {
     /// Publishes one challenge per pending authorization and tells the CA it is ready.
     async fn answer_challenges(
         &self,
-        ctx: &TaskContext,
+        ctx: &dyn TaskReporter,
         request: &IssueRequest,
         order: &mut Order,
         published: &mut Published,
@@ -419,7 +427,7 @@ impl Acme {
             match authz.status {
                 AuthorizationStatus::Pending => {}
                 AuthorizationStatus::Valid => {
-                    ctx.note(format!("{shown}: already authorized")).await?;
+                    ctx.note(&format!("{shown}: already authorized")).await?;
                     continue;
                 }
                 other => {
@@ -452,14 +460,14 @@ impl Acme {
                     published
                         .add_txt(&fqdn, &key_authorization.dns_value())
                         .await?;
-                    ctx.note(format!("{shown}: published {fqdn} TXT")).await?;
+                    ctx.note(&format!("{shown}: published {fqdn} TXT")).await?;
                 }
                 ChallengeKind::Http01 => {
                     let token = challenge.token.clone();
                     published
                         .add_token(&token, key_authorization.as_str())
                         .await?;
-                    ctx.note(format!(
+                    ctx.note(&format!(
                         "{shown}: serving /.well-known/acme-challenge/{token}"
                     ))
                     .await?;
@@ -476,12 +484,12 @@ impl Acme {
     /// replaces its files. With `if_due`, does nothing while the certificate is not due.
     pub async fn renew(
         &self,
-        ctx: &TaskContext,
+        ctx: &dyn TaskReporter,
         name: &str,
         if_due: bool,
     ) -> Result<Value, TaskError> {
         validate::dns_label("certificate name", name)?;
-        ctx.step(format!("Reading certificate {name}")).await?;
+        ctx.step(&format!("Reading certificate {name}")).await?;
         let record =
             self.store.get(name).await?.ok_or_else(|| {
                 TaskError::Failed(format!("no certificate named {name} to renew"))
@@ -513,12 +521,12 @@ impl Acme {
     /// files (the metadata stays, status `revoked`). Revoking a revoked certificate succeeds.
     pub async fn revoke(
         &self,
-        ctx: &TaskContext,
+        ctx: &dyn TaskReporter,
         name: &str,
         reason: Option<RevocationReason>,
     ) -> Result<Value, TaskError> {
         validate::dns_label("certificate name", name)?;
-        ctx.step(format!("Reading certificate {name}")).await?;
+        ctx.step(&format!("Reading certificate {name}")).await?;
         let record =
             self.store.get(name).await?.ok_or_else(|| {
                 TaskError::Failed(format!("no certificate named {name} to revoke"))
@@ -535,7 +543,7 @@ impl Acme {
         })?;
         let leaf = parse_leaf(&chain)?;
 
-        ctx.step(format!("Revoking serial {} at the CA", leaf.serial))
+        ctx.step(&format!("Revoking serial {} at the CA", leaf.serial))
             .await?;
         let account = cancellable(ctx, self.account()).await??;
         let der = rustls_pki_types::CertificateDer::from(leaf.der.clone());
@@ -568,13 +576,13 @@ impl Acme {
 impl CertificateIssuer for Acme {
     async fn ensure_certificate(
         &self,
-        ctx: &TaskContext,
+        ctx: &dyn TaskReporter,
         name: &str,
         domains: &[String],
     ) -> Result<Value, TaskError> {
         let request = self.request(Some(name), domains, ChallengeKind::Dns01)?;
         if let Some(record) = self.reusable(&request).await? {
-            ctx.note(format!(
+            ctx.note(&format!(
                 "Certificate {} is valid until {}: reused",
                 record.name, record.not_after
             ))

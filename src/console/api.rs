@@ -318,7 +318,7 @@ pub async fn history(
         .arg(keys::console_events(id))
         .query_async(&mut *conn)
         .await?;
-    let envelope = recorded.remove(super::sse::ENVELOPE_FIELD);
+    let envelope = recorded.remove(keys::CONSOLE_ENVELOPE_FIELD);
     let mut events: Vec<(u64, Value)> = recorded
         .into_iter()
         .filter_map(|(seq, text)| {

@@ -37,9 +37,8 @@ use thiserror::Error;
 use tokio::task::JoinHandle;
 
 use crate::admin::AdminError;
-use crate::app::StartError;
 use crate::config::Config;
-use crate::connections;
+use crate::connections::{self, ConnectionError};
 use crate::queues::Definitions;
 use crate::services::Services;
 use crate::shutdown::Shutdown;
@@ -55,7 +54,7 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 #[derive(Debug, Error)]
 pub enum ConsoleError {
     #[error(transparent)]
-    Start(#[from] StartError),
+    Connection(#[from] ConnectionError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -112,7 +111,7 @@ pub async fn start(
         tracing::warn!(%local, "the console listens beyond loopback: put it behind TLS and keep CONSOLE_TOKEN secret");
     }
     tracing::info!(%local, read_only = !guard.actions_allowed(), "serving the admin console");
-    let client = connections::client(&config.redis.redis_url).map_err(StartError::from)?;
+    let client = connections::client(&config.redis.redis_url)?;
     let hub = sse::Hub::new();
     let console = Arc::new(Console {
         config,

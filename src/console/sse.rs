@@ -39,8 +39,6 @@ use crate::keys;
 const RING: usize = 5000;
 /// Seconds a task's recorded events are kept (as long as a finished task's hash).
 const HISTORY_TTL_S: u64 = crate::progress::FINISHED_TTL_S;
-/// The field of a task's history that keeps its envelope.
-pub const ENVELOPE_FIELD: &str = "envelope";
 /// Time between two samples of the overview while a page listens.
 const OVERVIEW_EVERY: Duration = Duration::from_secs(1);
 
@@ -275,7 +273,7 @@ async fn recorder(pool: deadpool_redis::Pool, mut events: mpsc::Receiver<(String
             {
                 pipe.cmd("HSETNX")
                     .arg(&key)
-                    .arg(ENVELOPE_FIELD)
+                    .arg(keys::CONSOLE_ENVELOPE_FIELD)
                     .arg(body)
                     .ignore();
             }

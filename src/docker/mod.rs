@@ -18,6 +18,7 @@ pub mod networks;
 pub mod provision;
 pub mod readiness;
 pub mod replace;
+pub mod report;
 pub mod swarm;
 pub mod teams;
 

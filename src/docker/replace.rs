@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::journal::{EntryKind, Journal};
-use super::provision::Progress;
+use super::report::Progress;
 use super::{DockerError, Engine, Owned};
 use crate::task::TaskError;
 use crate::templates::{ContainerSpec, Rendered};

@@ -10,7 +10,8 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::provision::{self, ProvisionOptions, Quiet, read_record, set_key};
+use super::provision::{self, ProvisionOptions, read_record, set_key};
+use super::report::Quiet;
 use super::{DockerError, Engine, Owned, Workload};
 use crate::services::Services;
 use crate::task::TaskError;
