@@ -90,12 +90,8 @@ impl Update<'_> {
 pub const RECORD_FN: &str = r#"
 local function record(key, a)
   local seq = redis.call('HINCRBY', key, 'seq', 1)
-  local fields = {}
-  for i = 4, #a do fields[#fields + 1] = a[i] end
-  redis.call('HSET', key, unpack(fields))
-  if redis.call('HEXISTS', key, 'created_at') == 0 then
-    redis.call('HSET', key, 'created_at', a[5])
-  end
+  redis.call('HSET', key, unpack(a, 4))
+  redis.call('HSETNX', key, 'created_at', a[5])
   local ttl = tonumber(a[3])
   if ttl > 0 then redis.call('EXPIRE', key, ttl) else redis.call('PERSIST', key) end
   local event = string.gsub(a[2], '^{"seq":0', '{"seq":' .. seq, 1)

@@ -118,35 +118,187 @@ impl DeadLetter {
 
 fn script(source: &str) -> Script {
     Script::new(&format!(
-        "#!lua\n{}\n{}\n{source}",
+        "#!lua\n{}\n{}\n{}\n{source}",
         include_str!("lua/common.lua"),
-        progress::RECORD_FN
+        progress::RECORD_FN,
+        include_str!("lua/attempt.lua"),
     ))
 }
 
-static CLAIM: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/claim.lua")));
-static BEGIN: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/begin.lua")));
-static FINISH: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/finish.lua")));
+static TICK: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/tick.lua")));
 static RENEW: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/renew.lua")));
 static EXPIRED: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/expired.lua")));
 static RECOVER: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/recover.lua")));
 static PROMOTE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/promote.lua")));
 static LEAD: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("#!lua\n{}", include_str!("lua/lead.lua"))));
+static RESIGN: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("#!lua\n{}", include_str!("lua/resign.lua"))));
 
 /// Longest a task waits for another task with the same idempotency key to finish.
 pub const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(600);
 /// Seconds an idempotency record is kept.
 pub const IDEMPOTENCY_TTL_S: u64 = 24 * 3600;
 
-/// One task of a batch to begin.
-pub struct BeginItem<'a> {
-    pub claimed: &'a Claimed,
-    pub task: &'a Task,
-    pub resource: Option<&'a str>,
-    pub max_attempts: u32,
-    /// The "processing" record (attempts as [`progress::ATTEMPTS_PLACEHOLDER`]).
-    pub started: Update<'a>,
+/// What beginning a task needs besides its claim: built once the body was read (after a claim, or
+/// before it for a body seen at the pop end of a list).
+#[derive(Debug, Clone)]
+pub struct Begin {
+    hash: String,
+    idempotency: String,
+    resource: String,
+    task_id: String,
+    max_attempts: u32,
+    waiting: String,
+    record: Vec<String>,
+}
+
+impl Begin {
+    /// Begins `task` (on `resource`, if any) as an attempt out of `max_attempts`, recording
+    /// `started` (attempts as [`progress::ATTEMPTS_PLACEHOLDER`]).
+    pub fn new(
+        task: &Task,
+        resource: Option<&str>,
+        max_attempts: u32,
+        started: &Update<'_>,
+    ) -> Self {
+        let hash = keys::task(&task.id);
+        let resource = resource.unwrap_or("").to_string();
+        Self {
+            idempotency: idempotency_key(task).unwrap_or_else(|| hash.clone()),
+            hash,
+            waiting: format!("Waiting: {resource} is being changed by an earlier task"),
+            resource,
+            task_id: task.id.clone(),
+            max_attempts,
+            record: progress::record_args(task, started),
+        }
+    }
+
+    fn push_args<'a>(&'a self, invocation: &mut ScriptInvocation<'a>) {
+        invocation
+            .arg(&self.resource)
+            .arg(&self.task_id)
+            .arg(self.max_attempts)
+            .arg(&self.waiting)
+            .arg(self.record.len())
+            .arg(&self.record);
+    }
+}
+
+/// An attempt's way out of flight, built by the attempt and written with the worker's next
+/// [`Queue::tick`]: records its update (when given) and moves the task on as [`Then`] says.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    handle: String,
+    fence: u64,
+    hash: String,
+    list: String,
+    idempotency: String,
+    how: &'static str,
+    extra: String,
+    new_body: String,
+    record: Vec<String>,
+}
+
+impl Finish {
+    /// The finish of `claimed`: records `update` for `task` (when both are given), then `then`;
+    /// `new_body` replaces the kept body (a generated id written back for a retry).
+    pub fn new(
+        claimed: &Claimed,
+        task: Option<&Task>,
+        update: Option<&Update<'_>>,
+        then: &Then<'_>,
+        new_body: Option<&str>,
+    ) -> Self {
+        let hash = task
+            .map(|t| keys::task(&t.id))
+            .unwrap_or_else(|| keys::CLAIMS.into());
+        let (how, extra) = match then {
+            Then::Done => ("done", String::new()),
+            Then::RetryAfter(delay) => ("delay", delay.as_millis().to_string()),
+            Then::DeadLetter(entry) => ("dead", serde_json::to_string(entry).unwrap_or_default()),
+            Then::PutBack => ("back", String::new()),
+        };
+        let record = match (task, update) {
+            (Some(task), Some(update)) => progress::record_args(task, update),
+            _ => Vec::new(),
+        };
+        Self {
+            handle: claimed.handle.clone(),
+            fence: claimed.fence,
+            idempotency: task
+                .and_then(idempotency_key)
+                .unwrap_or_else(|| hash.clone()),
+            hash,
+            list: claimed.list.clone(),
+            how,
+            extra,
+            new_body: new_body.unwrap_or("").to_string(),
+            record,
+        }
+    }
+
+    fn push<'a>(&'a self, invocation: &mut ScriptInvocation<'a>) {
+        invocation
+            .key(&self.hash)
+            .key(&self.list)
+            .key(&self.idempotency);
+        invocation
+            .arg(&self.handle)
+            .arg(self.fence)
+            .arg(self.how)
+            .arg(&self.extra)
+            .arg(&self.new_body)
+            .arg(self.record.len())
+            .arg(&self.record);
+    }
+}
+
+/// A body seen at the pop end of `list` and prepared by the worker: if the next claim takes it,
+/// it begins in the same call.
+pub struct Hint<'a> {
+    pub list: &'a str,
+    pub body: &'a [u8],
+    pub begin: &'a Begin,
+}
+
+/// One exchange of a worker with the queue ([`Queue::tick`]).
+#[derive(Default)]
+pub struct Tick<'a> {
+    /// Outcomes of finished attempts.
+    pub finishes: Vec<&'a Finish>,
+    /// Tasks claimed by earlier calls, to begin in claim order.
+    pub begins: Vec<(&'a Claimed, &'a Begin)>,
+    /// Prepared bodies that begin at once if claimed.
+    pub hints: Vec<Hint<'a>>,
+    /// Most tasks to claim.
+    pub want: usize,
+    /// Most bodies to peek at (for the hints of the next call).
+    pub peek: usize,
+}
+
+/// A task claimed by a [`Queue::tick`].
+#[derive(Debug)]
+pub struct Taken {
+    /// The claim (its body empty when it was hinted: the hint has it).
+    pub claimed: Claimed,
+    /// The index of the hint it matched, and how beginning it went.
+    pub begun: Option<(usize, redis::RedisResult<Begun>)>,
+}
+
+/// What a [`Queue::tick`] did.
+#[derive(Debug, Default)]
+pub struct Ticked {
+    /// Per finish: `Ok(false)` when the claim was lost (a newer attempt owns the task; nothing
+    /// written), or the error Redis raised for that task.
+    pub finished: Vec<redis::RedisResult<bool>>,
+    /// Per begin, in order.
+    pub begun: Vec<redis::RedisResult<Begun>>,
+    /// Tasks claimed, in claim order.
+    pub taken: Vec<Taken>,
+    /// The next bodies in claim order (list, body), left where they are.
+    pub peeked: Vec<(String, Vec<u8>)>,
 }
 
 /// What beginning a task decided.
@@ -246,9 +398,13 @@ impl Queue {
         }
     }
 
-    /// Claims up to `max` tasks: the ready list, then the lists highest priority first.
-    pub async fn claim(&self, max: usize) -> redis::RedisResult<Vec<Claimed>> {
-        let mut invocation = CLAIM.prepare_invoke();
+    /// One exchange with the queue, in one script call: records `tick.finishes`, begins
+    /// `tick.begins`, claims up to `tick.want` tasks (beginning at once those matching a hint) and
+    /// peeks at up to `tick.peek` next bodies. Running it again after a lost reply repeats no
+    /// finish (the claims are gone: `Ok(false)`); claims whose reply was lost are recovered by
+    /// their leases.
+    pub async fn tick(&self, tick: &Tick<'_>) -> redis::RedisResult<Ticked> {
+        let mut invocation = TICK.prepare_invoke();
         Self::state(&mut invocation);
         for list in &self.order {
             invocation.key(list);
@@ -256,117 +412,32 @@ impl Queue {
         invocation
             .arg(&self.worker)
             .arg(self.lease.as_millis() as u64)
-            .arg(max.max(1));
-        let flat: Vec<Vec<u8>> = invocation.invoke_async(&mut self.conn.clone()).await?;
-        Ok(flat
-            .chunks_exact(4)
-            .map(|c| Claimed {
-                handle: String::from_utf8_lossy(&c[0]).into_owned(),
-                fence: String::from_utf8_lossy(&c[1]).parse().unwrap_or(0),
-                list: String::from_utf8_lossy(&c[2]).into_owned(),
-                body: c[3].clone(),
-            })
-            .collect())
-    }
-
-    /// Begins a batch of claimed tasks in claim order, in one round trip.
-    pub async fn begin(&self, items: &[BeginItem<'_>]) -> redis::RedisResult<Vec<Begun>> {
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut invocation = BEGIN.prepare_invoke();
-        Self::state(&mut invocation);
-        invocation
+            .arg(tick.want)
+            .arg(tick.peek)
             .arg(self.forget_after().as_millis() as u64)
             .arg(IDEMPOTENCY_WAIT.as_millis() as u64)
-            .arg(IDEMPOTENCY_TTL_S);
-        for item in items {
-            let hash = keys::task(&item.task.id);
-            let idempotency = idempotency_key(item.task).unwrap_or_else(|| hash.clone());
-            invocation.key(&hash).key(idempotency);
-            let record = progress::record_args(item.task, &item.started);
-            let resource = item.resource.unwrap_or("");
+            .arg(IDEMPOTENCY_TTL_S)
+            .arg(self.order.len())
+            .arg(tick.finishes.len())
+            .arg(tick.begins.len())
+            .arg(tick.hints.len());
+        for finish in &tick.finishes {
+            finish.push(&mut invocation);
+        }
+        for (claimed, begin) in &tick.begins {
+            invocation.key(&begin.hash).key(&begin.idempotency);
+            invocation.arg(&claimed.handle).arg(claimed.fence);
+            begin.push_args(&mut invocation);
+        }
+        for hint in &tick.hints {
             invocation
-                .arg(&item.claimed.handle)
-                .arg(item.claimed.fence)
-                .arg(resource)
-                .arg(&item.task.id)
-                .arg(item.max_attempts)
-                .arg(format!(
-                    "Waiting: {resource} is being changed by an earlier task"
-                ))
-                .arg(record.len())
-                .arg(record);
+                .key(&hint.begin.hash)
+                .key(&hint.begin.idempotency);
+            invocation.arg(hint.list).arg(hint.body);
+            hint.begin.push_args(&mut invocation);
         }
-        let replies: Vec<(String, String, String)> =
-            invocation.invoke_async(&mut self.conn.clone()).await?;
-        Ok(replies
-            .into_iter()
-            .map(|(verdict, a, b)| match verdict.as_str() {
-                "run" => Begun::Run {
-                    attempts: a.parse().unwrap_or(1),
-                    cancelled: !b.is_empty(),
-                },
-                "exhausted" => Begun::Exhausted {
-                    attempts: a.parse().unwrap_or(u32::MAX),
-                },
-                "parked" => Begun::Parked { holder: a },
-                "finished" => Begun::Finished { status: a },
-                "blocked" => Begun::Blocked,
-                "duplicate" => Begun::Duplicate {
-                    first: a,
-                    result: b,
-                },
-                "idem_wait" => Begun::IdempotencyWait { first: a },
-                "broken" => Begun::Broken,
-                _ => Begun::Superseded,
-            })
-            .collect())
-    }
-
-    /// Finishes an attempt: records `update` (when given), and moves the task on as `then` says,
-    /// releasing its lock (to the next waiter) unless it keeps its turn. `Ok(false)`: the claim was
-    /// lost to a newer attempt and nothing was written. Running it again after a lost reply
-    /// repeats nothing (the claim is gone, so it returns `false`).
-    pub async fn finish(
-        &self,
-        claimed: &Claimed,
-        task: Option<&Task>,
-        update: Option<&Update<'_>>,
-        then: &Then<'_>,
-        new_body: Option<&str>,
-    ) -> redis::RedisResult<bool> {
-        let mut invocation = FINISH.prepare_invoke();
-        Self::state(&mut invocation);
-        let hash = task
-            .map(|t| keys::task(&t.id))
-            .unwrap_or_else(|| keys::CLAIMS.into());
-        let idempotency = task
-            .and_then(idempotency_key)
-            .unwrap_or_else(|| hash.clone());
-        invocation.key(&hash).key(&claimed.list).key(idempotency);
-        let (how, extra) = match then {
-            Then::Done => ("done", String::new()),
-            Then::RetryAfter(delay) => ("delay", delay.as_millis().to_string()),
-            Then::DeadLetter(entry) => ("dead", serde_json::to_string(entry).unwrap_or_default()),
-            Then::PutBack => ("back", String::new()),
-        };
-        invocation
-            .arg(&claimed.handle)
-            .arg(claimed.fence)
-            .arg(how)
-            .arg(extra)
-            .arg(new_body.unwrap_or(""));
-        match (task, update) {
-            (Some(task), Some(update)) => {
-                invocation.arg("1").arg(progress::record_args(task, update));
-            }
-            _ => {
-                invocation.arg("0");
-            }
-        }
-        let done: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
-        Ok(done == 1)
+        let reply: redis::Value = invocation.invoke_async(&mut self.conn.clone()).await?;
+        parse_ticked(reply)
     }
 
     /// Renews the leases of `held` (handle, fence) in one call; returns the handles lost.
@@ -482,6 +553,18 @@ impl Queue {
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(led == 1)
+    }
+
+    /// Gives up the leadership `key` if this worker holds it, and pushes one token onto
+    /// `baton` (one idle worker blocked on it wakes and takes the role).
+    pub async fn resign(&self, key: &str, baton: &str) -> redis::RedisResult<bool> {
+        let held: i64 = RESIGN
+            .key(key)
+            .key(baton)
+            .arg(&self.worker)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(held == 1)
     }
 
     /// Moves what an older build left behind back to the pop end of its lists: the per-worker
@@ -622,6 +705,124 @@ impl Queue {
             .query_async::<()>(&mut self.conn.clone())
             .await
     }
+}
+
+fn unexpected(what: &str) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unexpected reply of the tick script",
+        what.to_string(),
+    ))
+}
+
+fn text(value: &redis::Value) -> String {
+    match value {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        redis::Value::Int(n) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn bytes(value: redis::Value) -> Vec<u8> {
+    match value {
+        redis::Value::BulkString(b) => b,
+        other => text(&other).into_bytes(),
+    }
+}
+
+fn array(value: redis::Value) -> redis::RedisResult<Vec<redis::Value>> {
+    match value {
+        redis::Value::Array(items) => Ok(items),
+        // Lua's empty table.
+        redis::Value::Nil => Ok(Vec::new()),
+        other => Err(unexpected(&format!("{other:?}"))),
+    }
+}
+
+/// An entry a script reported as `!<error>`: the error Redis raised for that one task (e.g.
+/// `WRONGTYPE …`), as the client would have read it.
+fn item_error(value: &redis::Value) -> Option<redis::RedisError> {
+    let message = text(value);
+    let message = message.strip_prefix('!')?;
+    let wire = format!("-{}\r\n", message.replace(['\r', '\n'], " "));
+    Some(match redis::parse_redis_value(wire.as_bytes()) {
+        Ok(redis::Value::ServerError(err)) => err.into(),
+        _ => unexpected(message),
+    })
+}
+
+fn verdict(value: redis::Value) -> redis::RedisResult<Begun> {
+    if let Some(err) = item_error(&value) {
+        return Err(err);
+    }
+    let parts = array(value)?;
+    let field = |i: usize| parts.get(i).map(text).unwrap_or_default();
+    let (a, b) = (field(1), field(2));
+    Ok(match field(0).as_str() {
+        "run" => Begun::Run {
+            attempts: a.parse().unwrap_or(1),
+            cancelled: !b.is_empty(),
+        },
+        "exhausted" => Begun::Exhausted {
+            attempts: a.parse().unwrap_or(u32::MAX),
+        },
+        "parked" => Begun::Parked { holder: a },
+        "finished" => Begun::Finished { status: a },
+        "blocked" => Begun::Blocked,
+        "duplicate" => Begun::Duplicate {
+            first: a,
+            result: b,
+        },
+        "idem_wait" => Begun::IdempotencyWait { first: a },
+        "broken" => Begun::Broken,
+        _ => Begun::Superseded,
+    })
+}
+
+fn parse_ticked(reply: redis::Value) -> redis::RedisResult<Ticked> {
+    let mut parts = array(reply)?.into_iter();
+    let mut next = || array(parts.next().unwrap_or(redis::Value::Nil));
+    let (finished, begun, claimed, peeked) = (next()?, next()?, next()?, next()?);
+    let finished = finished
+        .iter()
+        .map(|v| match item_error(v) {
+            Some(err) => Err(err),
+            None => Ok(matches!(v, redis::Value::Int(1))),
+        })
+        .collect();
+    let begun = begun.into_iter().map(verdict).collect();
+    let mut taken = Vec::new();
+    for entry in claimed {
+        let mut fields = array(entry)?.into_iter();
+        let mut field = || fields.next().unwrap_or(redis::Value::Nil);
+        let handle = text(&field());
+        let fence = text(&field()).parse().unwrap_or(0);
+        let list = text(&field());
+        let hint = text(&field()).parse::<usize>().unwrap_or(0);
+        let body = bytes(field());
+        let begun = (hint > 0).then(|| (hint - 1, verdict(field())));
+        taken.push(Taken {
+            claimed: Claimed {
+                handle,
+                fence,
+                list,
+                body,
+            },
+            begun,
+        });
+    }
+    let mut peeked_bodies = Vec::new();
+    let mut pairs = peeked.into_iter();
+    while let (Some(list), Some(body)) = (pairs.next(), pairs.next()) {
+        peeked_bodies.push((text(&list), bytes(body)));
+    }
+    Ok(Ticked {
+        finished,
+        begun,
+        taken,
+        peeked: peeked_bodies,
+    })
 }
 
 /// The idempotency record of `task`, scoped by its user and type; `None` without a key.

@@ -1,21 +1,59 @@
-//! The claim loop: claims batches of tasks while slots are free, begins each batch in claim order
-//! (one script call, so tasks of one resource keep their enqueue order), starts an attempt for each
-//! task that may run, and on shutdown drains what runs.
+//! The exchange loop: every claim, begin and finish of this worker goes through one script call
+//! at a time ([`Queue::tick`]), so under load one round trip carries a whole batch: the outcomes of
+//! the attempts that ended, the begins of tasks claimed earlier, new claims for the free slots, and
+//! a peek at the next bodies. The worker prepares those bodies (parse, schema, handler) while the
+//! previous batch runs, so the next call claims and begins them at once. An idle worker is woken
+//! by the listener's wake-up with the body in hand and takes it, "processing" recorded, in one call.
+//! On shutdown the loop keeps writing outcomes until what runs has finished or been put back.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::admission::Prepared;
-use super::{Backoff, CLAIM_BATCH, ROLLBACK_GRACE, Worker};
+use super::{Backoff, CLAIM_BATCH, ROLLBACK_GRACE, Worker, is_final};
 use crate::progress::{ATTEMPTS_PLACEHOLDER, Update};
-use crate::queue::{BeginItem, Begun, Claimed};
+use crate::queue::{Begin, Begun, Claimed, Finish, Hint, Tick, Ticked};
 use crate::shutdown::Shutdown;
 use crate::task::TaskStatus;
+
+/// An outcome handed to the exchange loop, with where to send how writing it went.
+pub(super) type Outcome = (Finish, oneshot::Sender<redis::RedisResult<bool>>);
+
+/// What the exchange loop tells the listener: whether this worker wants tasks it could not find
+/// (free slots, the last claim came up short), and a generation that grows each time it
+/// looked, so a waiter that woke it blocks again only after it looked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Wanting {
+    pub generation: u64,
+    pub open: bool,
+}
+
+/// How often an idle worker claims anyway (a listener that froze, a wake-up lost with its
+/// connection): the longest a task waits while workers are idle.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Times the loop yields to the attempts it just woke before writing what they finished, so that
+/// outcomes arriving together travel together.
+const GATHER_YIELDS: usize = 3;
+
+/// The loop's state between calls.
+struct Exchange {
+    slots: Arc<Semaphore>,
+    running: JoinSet<()>,
+    /// Claimed by an earlier call, to begin with the next (they hold their slots).
+    begins: Vec<(Prepared, OwnedSemaphorePermit)>,
+    /// Bodies seen at the pop end of a list (peeked, or handed over by a wake-up), prepared.
+    hints: Vec<Prepared>,
+    /// Outcomes to write with the next call.
+    finishes: Vec<Outcome>,
+    /// The last claim found fewer tasks than it wanted: claim again only when woken.
+    short: bool,
+    wanting: watch::Sender<Wanting>,
+}
 
 impl Worker {
     /// Consumes until `shutdown`, then drains: in-flight tasks get the grace period to finish,
@@ -38,63 +76,99 @@ impl Worker {
                 "put back tasks an older build of this worker id held"
             );
         }
+        let Some(mut outcomes) = self.outcomes_rx.lock().ok().and_then(|mut rx| rx.take()) else {
+            warn!("the worker already ran");
+            return;
+        };
         let background = Shutdown::new();
-        let wake = Arc::new(Notify::new());
-        let (idle_tx, idle_rx) = watch::channel(0u64);
-        let mut loops = self.spawn_background(&background, &wake, &idle_rx);
+        let (wakes_tx, mut wakes) = mpsc::unbounded_channel();
+        let (wanting, wanting_rx) = watch::channel(Wanting::default());
+        let mut loops = self.spawn_background(&background, &wakes_tx, &wanting_rx);
 
-        let slots = Arc::new(Semaphore::new(concurrency));
-        let mut running = JoinSet::new();
+        let mut ex = Exchange {
+            slots: Arc::new(Semaphore::new(concurrency)),
+            running: JoinSet::new(),
+            begins: Vec::new(),
+            hints: Vec::new(),
+            finishes: Vec::new(),
+            short: false,
+            wanting,
+        };
         let mut backoff = Backoff::new();
-        while !shutdown.is_triggered() {
-            while running.try_join_next().is_some() {}
-            let first = tokio::select! {
-                permit = slots.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-                _ = shutdown.wait() => break,
-            };
-            let mut permits = vec![first];
-            while permits.len() < CLAIM_BATCH {
-                match slots.clone().try_acquire_owned() {
-                    Ok(p) => permits.push(p),
-                    Err(_) => break,
-                }
+        let mut drain: Option<Drain> = None;
+        loop {
+            while ex.running.try_join_next().is_some() {}
+            while let Ok(outcome) = outcomes.try_recv() {
+                ex.finishes.push(outcome);
             }
-            match self.queue.claim(permits.len()).await {
-                Ok(claimed) if claimed.is_empty() => {
-                    drop(permits);
-                    backoff.reset();
-                    self.metrics.redis_ok();
-                    idle_tx.send_modify(|generation| *generation += 1);
-                    tokio::select! {
-                        _ = wake.notified() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.wait() => break,
+            while let Ok((list, body)) = wakes.try_recv() {
+                self.hint(&mut ex, list, body);
+                ex.short = false;
+            }
+            if shutdown.is_triggered() && drain.is_none() {
+                drain = Some(self.start_drain(&ex));
+                ex.hints.clear();
+                ex.publish(false);
+            }
+            if let Some(drain) = &mut drain {
+                if ex.running.is_empty() && ex.begins.is_empty() && ex.finishes.is_empty() {
+                    break;
+                }
+                self.drain_step(drain, &mut ex.running).await;
+            }
+            let stopping = drain.is_some();
+            let mut permits = Vec::new();
+            if !stopping && !ex.short {
+                while permits.len() < CLAIM_BATCH {
+                    match ex.slots.clone().try_acquire_owned() {
+                        Ok(p) => permits.push(p),
+                        Err(_) => break,
                     }
                 }
-                Ok(claimed) => {
+            }
+            if ex.finishes.is_empty() && ex.begins.is_empty() && permits.is_empty() {
+                // Nothing to write: wait for an outcome, a wake-up, a free slot, the idle poll.
+                let idle = ex.short && !stopping;
+                let free = !ex.short && !stopping;
+                tokio::select! {
+                    outcome = outcomes.recv() => {
+                        if let Some(outcome) = outcome {
+                            ex.finishes.push(outcome);
+                            gather(&mut outcomes, &mut ex.finishes).await;
+                        }
+                    }
+                    wake = wakes.recv() => {
+                        if let Some((list, body)) = wake {
+                            self.hint(&mut ex, list, body);
+                            ex.short = false;
+                        }
+                    }
+                    permit = ex.slots.clone().acquire_owned(), if free => drop(permit),
+                    _ = ex.running.join_next(), if !ex.running.is_empty() => {}
+                    _ = tokio::time::sleep(IDLE_POLL), if idle => ex.short = false,
+                    _ = tokio::time::sleep(Duration::from_millis(100)), if stopping => {}
+                    _ = shutdown.wait(), if !stopping => {}
+                }
+                continue;
+            }
+            match self.exchange(&mut ex, permits).await {
+                Ok(()) => {
                     backoff.reset();
                     self.metrics.redis_ok();
-                    permits.truncate(claimed.len());
-                    self.start_batch(claimed, permits, &mut running, &shutdown)
-                        .await;
                 }
                 Err(err) => {
-                    drop(permits);
                     self.note_trouble();
                     let pause = backoff.next();
-                    warn!(error = %err, retry_in = ?pause, "cannot claim tasks; Redis unreachable?");
+                    warn!(error = %err, retry_in = ?pause, "cannot reach the queue; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
-                        _ = shutdown.wait() => break,
+                        _ = shutdown.wait(), if !stopping => {}
                     }
                 }
             }
         }
 
-        self.drain(&mut running).await;
+        ex.publish(false);
         background.trigger();
         while loops.join_next().await.is_some() {}
         if let Err(err) = self.queue.deregister().await {
@@ -103,124 +177,238 @@ impl Worker {
         info!(worker = %self.id, "worker stopped");
     }
 
-    /// Checks a claimed batch, begins it in claim order and starts the attempts that may run.
-    async fn start_batch(
-        self: &Arc<Self>,
-        claimed: Vec<Claimed>,
-        permits: Vec<OwnedSemaphorePermit>,
-        running: &mut JoinSet<()>,
-        shutdown: &Shutdown,
-    ) {
-        let mut pending = Vec::new();
-        for (claimed, permit) in claimed.into_iter().zip(permits) {
-            match self.prepare(claimed) {
-                Ok(prepared) => pending.push((prepared, permit)),
-                Err(rejected) => {
-                    let me = self.clone();
-                    running.spawn(async move {
-                        me.reject(rejected).await;
-                        drop(permit);
-                    });
-                }
-            }
+    /// Hands an outcome to the exchange loop and waits until it is written (`Ok(false)`: the
+    /// claim was lost, nothing written).
+    pub(super) async fn finish(&self, finish: Finish) -> redis::RedisResult<bool> {
+        let stopped =
+            || redis::RedisError::from(std::io::Error::other("the worker's exchange loop stopped"));
+        let (tx, rx) = oneshot::channel();
+        self.outcomes_tx.send((finish, tx)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Prepares a body seen at the pop end of `list`, so the next call begins it if it claims it.
+    fn hint(&self, ex: &mut Exchange, list: String, body: Vec<u8>) {
+        if ex
+            .hints
+            .iter()
+            .any(|h| h.claimed.list == list && h.claimed.body == body)
+        {
+            return;
         }
-        let mut backoff = Backoff::new();
-        let verdicts = loop {
-            let messages: Vec<String> = pending
+        let seen = Claimed {
+            handle: String::new(),
+            fence: 0,
+            list,
+            body,
+        };
+        // A body that cannot run is left to the claim, which rejects it with its reason.
+        if let Ok(prepared) = self.prepare(seen) {
+            ex.hints.push(prepared);
+        }
+    }
+
+    /// One call: writes the outcomes, begins what was claimed, claims for `permits` free slots
+    /// (beginning the hinted bodies at once) and peeks for the next call. An error leaves the
+    /// outcomes to their attempts' retries and the begins for the next call.
+    async fn exchange(
+        self: &Arc<Self>,
+        ex: &mut Exchange,
+        permits: Vec<OwnedSemaphorePermit>,
+    ) -> redis::RedisResult<()> {
+        let want = permits.len();
+        let peek = if ex.short { 0 } else { want };
+        let finishes = std::mem::take(&mut ex.finishes);
+        let begins = std::mem::take(&mut ex.begins);
+        let hints = std::mem::take(&mut ex.hints);
+        let messages = |p: &Prepared| {
+            format!(
+                "Started (attempt {ATTEMPTS_PLACEHOLDER} of {})",
+                p.max_attempts
+            )
+        };
+        let begin_args: Vec<Begin> = begins
+            .iter()
+            .map(|(p, _)| self.begin_args(p, &messages(p)))
+            .collect();
+        let hint_args: Vec<Begin> = hints
+            .iter()
+            .map(|p| self.begin_args(p, &messages(p)))
+            .collect();
+        let tick = Tick {
+            finishes: finishes.iter().map(|(f, _)| f).collect(),
+            begins: begins
                 .iter()
-                .map(|(p, _)| {
-                    format!(
-                        "Started (attempt {ATTEMPTS_PLACEHOLDER} of {})",
-                        p.max_attempts
-                    )
+                .zip(&begin_args)
+                .map(|((p, _), b)| (&p.claimed, b))
+                .collect(),
+            hints: hints
+                .iter()
+                .zip(&hint_args)
+                .map(|(p, begin)| Hint {
+                    list: &p.claimed.list,
+                    body: &p.claimed.body,
+                    begin,
                 })
-                .collect();
-            let items: Vec<BeginItem<'_>> = pending
-                .iter()
-                .zip(&messages)
-                .map(|((p, _), message)| self.begin_item(p, message))
-                .collect();
-            match self.queue.begin(&items).await {
-                Ok(verdicts) => break verdicts,
-                Err(err) => {
-                    self.note_trouble();
-                    if shutdown.is_triggered() {
-                        warn!(error = %err, "cannot begin tasks while stopping; left for lease recovery");
-                        return;
-                    }
-                    let pause = backoff.next();
-                    warn!(error = %err, retry_in = ?pause, "cannot begin tasks; retrying");
-                    tokio::time::sleep(pause).await;
+                .collect(),
+            want,
+            peek,
+        };
+        // Claims, begins and outcomes are all written by this one call: where a deployment
+        // waits for replicas (WAIT), it waits here, before acting on the reply.
+        let reply = self.queue.tick(&tick).await;
+        let Ticked {
+            finished,
+            begun,
+            taken,
+            peeked,
+        } = match reply {
+            Ok(ticked) => ticked,
+            Err(err) => {
+                for (_, reply) in finishes {
+                    let _ = reply.send(Err(redis::RedisError::from(std::io::Error::other(
+                        err.to_string(),
+                    ))));
                 }
+                ex.begins = begins;
+                return Err(err);
             }
         };
-        for ((prepared, permit), verdict) in pending.into_iter().zip(verdicts) {
+        for ((_, reply), result) in finishes.into_iter().zip(finished) {
+            let _ = reply.send(result);
+        }
+        for ((prepared, permit), verdict) in begins.into_iter().zip(begun) {
             match verdict {
-                Begun::Run {
-                    attempts,
-                    cancelled,
-                } => {
-                    let me = self.clone();
-                    running.spawn(async move {
-                        me.metrics.in_flight.inc();
-                        me.clone().attempt(prepared, attempts, cancelled).await;
-                        me.metrics.in_flight.dec();
+                Err(err) if !is_final(&err) => {
+                    warn!(task = %prepared.task.id, error = %err, "cannot begin the task; next call");
+                    ex.begins.push((prepared, permit));
+                }
+                verdict => self.start(ex, prepared, permit, verdict),
+            }
+        }
+        let mut permits = permits.into_iter();
+        let mut hints: Vec<Option<Prepared>> = hints.into_iter().map(Some).collect();
+        let claimed = taken.len();
+        for taken in taken {
+            let Some(permit) = permits.next() else {
+                break;
+            };
+            match taken.begun {
+                Some((index, verdict)) => {
+                    let Some(mut prepared) = hints.get_mut(index).and_then(Option::take) else {
+                        continue;
+                    };
+                    prepared.claimed.handle = taken.claimed.handle;
+                    prepared.claimed.fence = taken.claimed.fence;
+                    self.start(ex, prepared, permit, verdict);
+                }
+                None => match self.prepare(taken.claimed) {
+                    Ok(prepared) => ex.begins.push((prepared, permit)),
+                    Err(rejected) => {
+                        let me = self.clone();
                         drop(permit);
-                    });
-                }
-                Begun::Parked { holder } => {
-                    debug!(task = %prepared.task.id, %holder, "parked behind the resource's holder");
-                }
-                Begun::Blocked => {
-                    debug!(task = %prepared.task.id, "blocked until older claims begin");
-                }
-                Begun::Finished { status } => {
-                    info!(task = %prepared.task.id, %status, "task already finished; dropped the redelivered copy");
-                }
-                Begun::Superseded => {
-                    info!(task = %prepared.task.id, "claim lost before it began; a newer attempt owns it");
-                }
-                other => {
-                    let me = self.clone();
-                    running.spawn(async move {
-                        me.settle_unrun(prepared, other).await;
-                        drop(permit);
-                    });
-                }
+                        ex.running.spawn(async move { me.reject(rejected).await });
+                    }
+                },
+            }
+        }
+        drop(permits);
+        if want > 0 {
+            ex.short = claimed < want;
+            ex.publish(ex.short && ex.slots.available_permits() > 0);
+        }
+        for (list, body) in peeked {
+            self.hint(ex, list, body);
+        }
+        Ok(())
+    }
+
+    /// Acts on how beginning a task went: runs it, settles it without running, or lets it go.
+    fn start(
+        self: &Arc<Self>,
+        ex: &mut Exchange,
+        prepared: Prepared,
+        permit: OwnedSemaphorePermit,
+        verdict: redis::RedisResult<Begun>,
+    ) {
+        let verdict = match verdict {
+            Ok(verdict) => verdict,
+            Err(err) => {
+                warn!(task = %prepared.task.id, error = %err, "Redis refuses to begin the task");
+                Begun::Broken
+            }
+        };
+        match verdict {
+            Begun::Run {
+                attempts,
+                cancelled,
+            } => {
+                let me = self.clone();
+                ex.running.spawn(async move {
+                    me.metrics.in_flight.inc();
+                    me.clone()
+                        .attempt(prepared, attempts, cancelled, permit)
+                        .await;
+                    me.metrics.in_flight.dec();
+                });
+            }
+            Begun::Parked { holder } => {
+                debug!(task = %prepared.task.id, %holder, "parked behind the resource's holder");
+            }
+            Begun::Blocked => {
+                debug!(task = %prepared.task.id, "blocked until older claims begin");
+            }
+            Begun::Finished { status } => {
+                info!(task = %prepared.task.id, %status, "task already finished; dropped the redelivered copy");
+            }
+            Begun::Superseded => {
+                info!(task = %prepared.task.id, "claim lost before it began; a newer attempt owns it");
+            }
+            other => {
+                let me = self.clone();
+                drop(permit);
+                ex.running
+                    .spawn(async move { me.settle_unrun(prepared, other).await });
             }
         }
     }
 
-    fn begin_item<'a>(&'a self, p: &'a Prepared, message: &'a str) -> BeginItem<'a> {
-        BeginItem {
-            claimed: &p.claimed,
-            task: &p.task,
-            resource: p.resource.as_deref(),
-            max_attempts: p.max_attempts,
-            started: Update {
-                status: TaskStatus::Processing,
-                step: 0,
-                total_steps: p.total_steps,
-                message,
-                attempts: ATTEMPTS_PLACEHOLDER,
-                error: None,
-                result: None,
-                worker: &self.id,
-            },
+    fn begin_args(&self, p: &Prepared, message: &str) -> Begin {
+        let started = Update {
+            status: TaskStatus::Processing,
+            step: 0,
+            total_steps: p.total_steps,
+            message,
+            attempts: ATTEMPTS_PLACEHOLDER,
+            error: None,
+            result: None,
+            worker: &self.id,
+        };
+        Begin::new(&p.task, p.resource.as_deref(), p.max_attempts, &started)
+    }
+
+    fn start_drain(&self, ex: &Exchange) -> Drain {
+        let grace = Duration::from_secs(self.services.config.worker.shutdown_grace_s);
+        if !ex.running.is_empty() {
+            info!(
+                in_flight = ex.running.len(),
+                ?grace,
+                "waiting for in-flight tasks"
+            );
+        }
+        Drain {
+            since: Instant::now(),
+            grace,
+            cancelled: false,
         }
     }
 
-    async fn drain(&self, running: &mut JoinSet<()>) {
-        let grace = Duration::from_secs(self.services.config.worker.shutdown_grace_s);
-        let count = running.len();
-        if count > 0 {
-            info!(in_flight = count, ?grace, "waiting for in-flight tasks");
-        }
-        let finished = tokio::time::timeout(grace, async {
-            while running.join_next().await.is_some() {}
-        })
-        .await;
-        if finished.is_err() {
+    /// Past the grace period, cancels what runs (handlers undo their work, then are put back);
+    /// past the rollback grace too, drops them (their claims are recovered by lease).
+    async fn drain_step(&self, drain: &mut Drain, running: &mut JoinSet<()>) {
+        let elapsed = drain.since.elapsed();
+        if !drain.cancelled && elapsed >= drain.grace && !running.is_empty() {
+            drain.cancelled = true;
             self.draining.store(true, Ordering::SeqCst);
             let contexts: Vec<_> = self.in_flight.lock().await.values().cloned().collect();
             warn!(
@@ -230,15 +418,41 @@ impl Worker {
             for ctx in contexts {
                 ctx.cancel("worker shutting down").await;
             }
-            let undone = tokio::time::timeout(ROLLBACK_GRACE, async {
-                while running.join_next().await.is_some() {}
-            })
-            .await;
-            if undone.is_err() {
-                // Their claims stay in flight and are recovered when the leases run out.
-                running.abort_all();
-                while running.join_next().await.is_some() {}
-            }
+        }
+        if elapsed >= drain.grace + ROLLBACK_GRACE && !running.is_empty() {
+            // Their claims stay in flight and are recovered when the leases run out.
+            running.abort_all();
+            while running.join_next().await.is_some() {}
+        }
+    }
+}
+
+/// Shutdown in progress.
+struct Drain {
+    since: Instant,
+    grace: Duration,
+    cancelled: bool,
+}
+
+impl Exchange {
+    fn publish(&self, open: bool) {
+        self.wanting.send_modify(|w| {
+            w.generation += 1;
+            w.open = open;
+        });
+    }
+}
+
+/// After a first outcome, lets the attempts woken with it finish too, so they share the call.
+async fn gather(outcomes: &mut mpsc::UnboundedReceiver<Outcome>, into: &mut Vec<Outcome>) {
+    for _ in 0..GATHER_YIELDS {
+        tokio::task::yield_now().await;
+        let before = into.len();
+        while let Ok(outcome) = outcomes.try_recv() {
+            into.push(outcome);
+        }
+        if into.len() == before {
+            break;
         }
     }
 }
