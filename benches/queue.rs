@@ -46,6 +46,22 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) a process used so far, in µs.
+fn cpu_us(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    // USER_HZ is 100 on Linux.
+    ticks * 10_000.0
+}
+
 fn ping_body(i: usize) -> String {
     format!(
         r#"{{"id":"{}","type":"system.ping","user_id":"bench","payload":{{"n":{i}}}}}"#,
@@ -227,12 +243,15 @@ impl RedisStats {
     }
 }
 
-/// Per task: Redis CPU (µs), round trips sent, every command run (scripts' inner ones included).
+/// Per task: Redis CPU (µs), round trips sent, every command run (scripts' inner ones included),
+/// and the consumer's CPU (µs).
 #[derive(Default, Clone, Copy)]
 struct PerTask {
     cpu_us: f64,
     round_trips: f64,
     commands: f64,
+    /// CPU of the consuming process (the worker; node for BullMQ).
+    client_cpu_us: f64,
 }
 
 /// `system.ping` throughput of one idle worker draining `n` tasks that appear at once (filled
@@ -248,6 +267,7 @@ async fn through_worker(
     fill(&mut conn, "bench:staging", n).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let before = RedisStats::read(&mut conn).await;
+    let worker_cpu = cpu_us(pid);
     let started = Instant::now();
     let _: () = redis::cmd("RENAME")
         .arg("bench:staging")
@@ -266,6 +286,7 @@ async fn through_worker(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
+    let client_cpu_us = (cpu_us(pid) - worker_cpu) / n as f64;
     let spent = RedisStats::read(&mut conn).await.since(&before);
     // The bench's own polls (2 LLEN + 2 ZCARD each), the RENAME and the INFO are not the worker's.
     let own = 4 * polls + 2;
@@ -273,6 +294,7 @@ async fn through_worker(
         cpu_us: spent.cpu_us / n as f64,
         round_trips: spent.calls(&ROUND_TRIPS) as f64 / n as f64,
         commands: spent.all().saturating_sub(own) as f64 / n as f64,
+        client_cpu_us,
     };
     (rate, peak_rss, rss_kib(pid, "VmHWM:"), per)
 }
@@ -370,6 +392,7 @@ fn through_bullmq(
         cpu_us: value["redis_cpu_us_per_job"].as_f64().unwrap_or(0.0),
         round_trips: value["round_trips_per_job"].as_f64().unwrap_or(0.0),
         commands: value["commands_per_job"].as_f64().unwrap_or(0.0),
+        client_cpu_us: value["node_cpu_us_per_job"].as_f64().unwrap_or(0.0),
     };
     Some((value["per_s"].as_f64()?, per))
 }
@@ -387,8 +410,8 @@ fn median_per(rates: &[f64], per: &[PerTask]) -> PerTask {
 
 fn per_line(what: &str, per: PerTask) {
     println!(
-        "    {what:<28} Redis CPU {:>5.1} µs/task, {:.3} round trips/task, {:.1} commands/task (inside scripts included)",
-        per.cpu_us, per.round_trips, per.commands
+        "    {what:<14} Redis CPU {:>5.1} µs/task, consumer CPU {:>5.1} µs/task, {:.3} round trips/task, {:.1} Redis commands/task (inside scripts included)",
+        per.cpu_us, per.client_cpu_us, per.round_trips, per.commands
     );
 }
 

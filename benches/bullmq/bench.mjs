@@ -32,6 +32,7 @@ const stats = async () => {
   return { cpu, trips, all };
 };
 const before = await stats();
+const cpuBefore = process.cpuUsage();
 let done = 0;
 const started = process.hrtime.bigint();
 const finished = new Promise((resolve) => {
@@ -43,6 +44,7 @@ const finished = new Promise((resolve) => {
 });
 const worker = await finished;
 const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+const cpu = process.cpuUsage(cpuBefore);
 const after = await stats();
 console.log(JSON.stringify({
   per_s: n / seconds,
@@ -50,6 +52,7 @@ console.log(JSON.stringify({
   round_trips_per_job: (after.trips - before.trips) / n,
   // the two INFO calls of this measurement are not the worker's
   commands_per_job: (after.all - before.all - 2) / n,
+  node_cpu_us_per_job: (cpu.user + cpu.system) / n,
 }));
 await worker.close();
 await queue.obliterate({ force: true });

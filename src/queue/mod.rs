@@ -118,7 +118,8 @@ impl DeadLetter {
 
 fn script(source: &str) -> Script {
     Script::new(&format!(
-        "#!lua\n{}\n{}\n{}\n{source}",
+        "#!lua\nlocal PROMOTE_CHANNEL = '{}'\n{}\n{}\n{}\n{source}",
+        keys::PROMOTE_CHANNEL,
         include_str!("lua/common.lua"),
         progress::RECORD_FN,
         include_str!("lua/attempt.lua"),

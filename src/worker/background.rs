@@ -24,8 +24,8 @@ use crate::task::{Task, TaskStatus};
 const WAIT_SLICE: Duration = Duration::from_secs(1);
 /// Leadership TTL of the listener: a listener that froze hands over within it.
 const LISTENER_TTL: Duration = Duration::from_secs(3);
-/// Longest the promoter sleeps (a retry delayed meanwhile is noticed within it).
-const PROMOTER_NAP: Duration = Duration::from_millis(250);
+/// Longest the promoter sleeps: a third of its leadership TTL, so it keeps the role.
+const PROMOTER_NAP: Duration = Duration::from_secs(1);
 /// Leadership TTL of the promoter.
 const PROMOTER_LEAD_TTL: Duration = Duration::from_secs(3);
 /// Most expired claims recovered per reaper pass.
@@ -198,32 +198,73 @@ impl Worker {
     }
 
     /// One promoter per deployment: moves due delayed tasks back and sleeps until the next one is
-    /// due (at most [`PROMOTER_NAP`]); the others check every second whether it is still there.
+    /// due, or until the finish step announces an earlier one (on [`keys::PROMOTE_CHANNEL`]); it
+    /// wakes at least every third of its leadership TTL to keep the role. The others check every
+    /// second whether it is still there.
     async fn promoter_loop(self: Arc<Self>, stop: Shutdown) {
+        let mut announcements = None;
         loop {
-            let nap = match self
+            let led = match self
                 .queue
                 .lead(keys::PROMOTER_LEAD, PROMOTER_LEAD_TTL)
                 .await
             {
-                Ok(true) => match self.queue.promote_due().await {
-                    Ok((_, next)) => next.unwrap_or(PROMOTER_NAP).min(PROMOTER_NAP),
-                    Err(err) => {
-                        debug!(error = %err, "promoting delayed tasks failed");
-                        PROMOTER_NAP
-                    }
-                },
-                Ok(false) => Duration::from_secs(1),
+                Ok(led) => led,
                 Err(err) => {
                     debug!(error = %err, "promoter cannot take the lead");
-                    Duration::from_secs(1)
+                    false
                 }
             };
-            tokio::select! {
-                _ = tokio::time::sleep(nap.max(Duration::from_millis(1))) => {}
-                _ = stop.wait() => return,
+            if !led {
+                announcements = None;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.wait() => return,
+                }
+                continue;
+            }
+            if announcements.is_none() {
+                // Subscribed before reading the next due time, so no announcement falls between.
+                announcements = self.announcements().await;
+            }
+            let nap = match self.queue.promote_due().await {
+                Ok((_, next)) => next.unwrap_or(PROMOTER_NAP).min(PROMOTER_NAP),
+                Err(err) => {
+                    debug!(error = %err, "promoting delayed tasks failed");
+                    Duration::from_millis(250)
+                }
+            };
+            let nap = nap.max(Duration::from_millis(1));
+            match announcements.as_mut() {
+                Some(stream) => tokio::select! {
+                    message = stream.next() => if message.is_none() { announcements = None },
+                    _ = tokio::time::sleep(nap) => {}
+                    _ = stop.wait() => return,
+                },
+                None => tokio::select! {
+                    _ = tokio::time::sleep(nap.min(Duration::from_millis(250))) => {}
+                    _ = stop.wait() => return,
+                },
             }
         }
+    }
+
+    /// The announcements of earlier retries, when a subscription can be made.
+    async fn announcements(
+        &self,
+    ) -> Option<std::pin::Pin<Box<dyn futures::Stream<Item = redis::Msg> + Send>>> {
+        let mut pubsub = match self.client.get_async_pubsub().await {
+            Ok(pubsub) => pubsub,
+            Err(err) => {
+                debug!(error = %err, "promoter cannot subscribe");
+                return None;
+            }
+        };
+        if let Err(err) = pubsub.subscribe(keys::PROMOTE_CHANNEL).await {
+            debug!(error = %err, "promoter cannot subscribe");
+            return None;
+        }
+        Some(Box::pin(pubsub.into_on_message()))
     }
 
     async fn heartbeat_loop(self: Arc<Self>, stop: Shutdown) {

@@ -36,9 +36,10 @@ pub(super) struct Wanting {
 /// How often an idle worker claims anyway (a listener that froze, a wake-up lost with its
 /// connection): the longest a task waits while workers are idle.
 const IDLE_POLL: Duration = Duration::from_secs(1);
-/// Times the loop yields to the attempts it just woke before writing what they finished, so that
-/// outcomes arriving together travel together.
-const GATHER_YIELDS: usize = 3;
+/// Most turns the loop yields to the attempts it just started or woke before writing what they
+/// finished, and how many turns in a row without an outcome end the wait (a turn is a few µs).
+const GATHER_TURNS: usize = 64;
+const GATHER_QUIET: usize = 3;
 
 /// The loop's state between calls.
 struct Exchange {
@@ -155,6 +156,8 @@ impl Worker {
                 Ok(()) => {
                     backoff.reset();
                     self.metrics.redis_ok();
+                    // Attempts that end at once (or fail fast) travel with the next call.
+                    gather(&mut outcomes, &mut ex.finishes).await;
                 }
                 Err(err) => {
                     self.note_trouble();
@@ -217,7 +220,12 @@ impl Worker {
         permits: Vec<OwnedSemaphorePermit>,
     ) -> redis::RedisResult<()> {
         let want = permits.len();
-        let peek = if ex.short { 0 } else { want };
+        // Enough bodies for every slot the next call may fill (prepared ones are kept).
+        let peek = if ex.short || want == 0 {
+            0
+        } else {
+            self.services.config.worker.concurrency.clamp(1, CLAIM_BATCH)
+        };
         let finishes = std::mem::take(&mut ex.finishes);
         let begins = std::mem::take(&mut ex.begins);
         let hints = std::mem::take(&mut ex.hints);
@@ -278,13 +286,7 @@ impl Worker {
             let _ = reply.send(result);
         }
         for ((prepared, permit), verdict) in begins.into_iter().zip(begun) {
-            match verdict {
-                Err(err) if !is_final(&err) => {
-                    warn!(task = %prepared.task.id, error = %err, "cannot begin the task; next call");
-                    ex.begins.push((prepared, permit));
-                }
-                verdict => self.start(ex, prepared, permit, verdict),
-            }
+            self.start(ex, prepared, permit, verdict);
         }
         let mut permits = permits.into_iter();
         let mut hints: Vec<Option<Prepared>> = hints.into_iter().map(Some).collect();
@@ -317,8 +319,17 @@ impl Worker {
             ex.short = claimed < want;
             ex.publish(ex.short && ex.slots.available_permits() > 0);
         }
+        // The next hints: the bodies now at the pop ends, prepared once (kept from this call's
+        // unused hints when they are still there).
+        let mut unused: Vec<Prepared> = hints.into_iter().flatten().collect();
         for (list, body) in peeked {
-            self.hint(ex, list, body);
+            match unused
+                .iter()
+                .position(|h| h.claimed.list == list && h.claimed.body == body)
+            {
+                Some(i) => ex.hints.push(unused.swap_remove(i)),
+                None => self.hint(ex, list, body),
+            }
         }
         Ok(())
     }
@@ -333,6 +344,11 @@ impl Worker {
     ) {
         let verdict = match verdict {
             Ok(verdict) => verdict,
+            Err(err) if !is_final(&err) => {
+                warn!(task = %prepared.task.id, error = %err, "cannot begin the task; next call");
+                ex.begins.push((prepared, permit));
+                return;
+            }
             Err(err) => {
                 warn!(task = %prepared.task.id, error = %err, "Redis refuses to begin the task");
                 Begun::Broken
@@ -443,15 +459,18 @@ impl Exchange {
     }
 }
 
-/// After a first outcome, lets the attempts woken with it finish too, so they share the call.
+/// Lets the attempts just started (or woken with a first outcome) run, collecting what they
+/// finish, until a few turns in a row bring nothing: outcomes that arrive together share a call.
 async fn gather(outcomes: &mut mpsc::UnboundedReceiver<Outcome>, into: &mut Vec<Outcome>) {
-    for _ in 0..GATHER_YIELDS {
+    let mut quiet = 0;
+    for _ in 0..GATHER_TURNS {
         tokio::task::yield_now().await;
         let before = into.len();
         while let Ok(outcome) = outcomes.try_recv() {
             into.push(outcome);
         }
-        if into.len() == before {
+        quiet = if into.len() == before { quiet + 1 } else { 0 };
+        if quiet == GATHER_QUIET {
             break;
         }
     }

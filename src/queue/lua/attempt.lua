@@ -122,7 +122,11 @@ local function finish_one(hkey, list, ikey, handle, fence, how, extra, body, rec
   drop_claim(handle)
   if body ~= '' then redis.call('HSET', BODIES, handle, body) end
   if how == 'delay' then
-    redis.call('ZADD', DELAYED, now_ms() + tonumber(extra), handle)
+    local due = now_ms() + tonumber(extra)
+    local head = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
+    redis.call('ZADD', DELAYED, due, handle)
+    -- Due before every other delayed task: wake the promoter, which sleeps until the first one.
+    if not head[2] or due < tonumber(head[2]) then redis.call('PUBLISH', PROMOTE_CHANNEL, due) end
   elseif how == 'back' then
     requeue(handle, list)
   else
