@@ -8,6 +8,10 @@
 //! trip each) and every command run (those inside scripts included). The herd check starts idle
 //! workers, pushes tasks one at a time and counts the blocking pops and scripts each push caused.
 //!
+//! Everything runs twice on the same Redis (AOF on): with `appendfsync always` (the test harness's
+//! setting: every write waits for the disk, so rates are bounded by its fsync latency) and with
+//! `everysec` (the AOF policy production runs), switched with `CONFIG SET`.
+//!
 //! Run with `cargo bench --bench queue` (figures printed; nothing asserted). BullMQ is installed on
 //! first use into `benches/bullmq/node_modules` by `npm install` (only when the bench runs: `cargo
 //! test` builds this binary but never runs it). Environment: `BENCH_TASKS` (default 20000),
@@ -425,41 +429,38 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
-#[tokio::main]
-async fn main() {
-    let n = env_or("BENCH_TASKS", 20_000);
-    let concurrency = env_or("BENCH_CONCURRENCY", 16);
-    let rounds = env_or("BENCH_ROUNDS", 3).max(1);
-    let server = RedisServer::start();
+/// Throughput rounds, pickup latency and the herd check under one AOF fsync policy.
+struct Figures {
+    raw: f64,
+    ours: f64,
+    bull: Option<f64>,
+    ours_per: PerTask,
+    bull_per: Option<PerTask>,
+    raw_wake: Vec<Duration>,
+    pickup: Vec<Duration>,
+    end_to_end: Vec<Duration>,
+    herd: (f64, f64),
+}
+
+async fn set_fsync(conn: &mut redis::aio::MultiplexedConnection, policy: &str) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendfsync")
+        .arg(policy)
+        .query_async(conn)
+        .await
+        .expect("config set appendfsync");
+}
+
+/// Pickup latency, idle worker: LPUSH, then the first event of that task at a subscriber; and
+/// the worker's idle RSS.
+async fn pickup(
+    server: &RedisServer,
+    concurrency: usize,
+    samples: usize,
+) -> (Vec<Duration>, Vec<Duration>, u64) {
     let mut conn = server.conn().await;
-    let bullmq = bullmq_ready();
-
-    // Throughput, interleaved rounds: raw, the worker, BullMQ, each on the same Redis.
-    let (mut raw, mut ours, mut bull) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut ours_per, mut bull_per) = (Vec::new(), Vec::new());
-    let (mut peak_rss, mut hwm) = (0, 0);
-    for _ in 0..rounds {
-        let _: () = redis::cmd("FLUSHALL")
-            .query_async(&mut conn)
-            .await
-            .expect("flush");
-        raw.push(raw_brpop(&server, n).await);
-        let (rate, peak, high, per) = through_worker(&server, n, concurrency).await;
-        ours.push(rate);
-        ours_per.push(per);
-        peak_rss = peak_rss.max(peak);
-        hwm = hwm.max(high);
-        if let Some(dir) = &bullmq
-            && let Some((rate, per)) = through_bullmq(dir, &server, n, concurrency)
-        {
-            bull.push(rate);
-            bull_per.push(per);
-        }
-    }
-
-    // Pickup latency, idle worker: LPUSH, then the first event of that task at a subscriber.
-    let raw_wake = raw_pickup(&server, 300).await;
-    let worker = spawn_worker(&server, concurrency);
+    let worker = spawn_worker(server, concurrency);
     let pid = worker.0.id();
     let mut pubsub = server.client().get_async_pubsub().await.expect("pubsub");
     pubsub.subscribe("tasks:bench").await.expect("subscribe");
@@ -468,7 +469,7 @@ async fn main() {
     let idle_rss = rss_kib(pid, "VmRSS:");
     let mut pickup = Vec::new();
     let mut end_to_end = Vec::new();
-    for i in 0..300 {
+    for i in 0..samples {
         let body = ping_body(i);
         let pushed = Instant::now();
         let _: i64 = redis::cmd("LPUSH")
@@ -491,56 +492,113 @@ async fn main() {
         end_to_end.push(pushed.elapsed());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    drop(events);
-    drop(worker);
     pickup.sort();
     end_to_end.sort();
+    (pickup, end_to_end, idle_rss)
+}
 
-    let herd_workers = env_or("BENCH_HERD_WORKERS", 4);
-    let (herd_pops, herd_scripts) = herd(&server, herd_workers, 50).await;
-
-    let ours_at = median_per(&ours, &ours_per);
-    let bull_at = median_per(&bull, &bull_per);
-    let raw = median(raw);
-    let ours = median(ours);
+fn report(policy: &str, f: &Figures, n: usize, concurrency: usize, rounds: usize) {
     println!(
-        "queue benchmark ({n} tasks, concurrency {concurrency}, Redis on loopback, median of {rounds} interleaved rounds)"
+        "appendfsync {policy}: {n} tasks, concurrency {concurrency}, Redis on loopback, median of {rounds} interleaved rounds"
     );
-    println!("  raw LPUSH/BRPOP loop drain      {raw:>10.0} items/s");
+    println!("  raw LPUSH/BRPOP loop drain      {:>10.0} items/s", f.raw);
     println!(
-        "  system.ping through one worker  {ours:>10.0} tasks/s  ({:.0}% of raw)",
-        100.0 * ours / raw
+        "  system.ping through one worker  {:>10.0} tasks/s  ({:.0}% of raw)",
+        f.ours,
+        100.0 * f.ours / f.raw
     );
-    if bull.is_empty() {
-        println!("  BullMQ 5                        (skipped)");
-    } else {
-        let bull = median(bull);
-        println!(
+    match f.bull {
+        None => println!("  BullMQ 5                        (skipped)"),
+        Some(bull) => println!(
             "  BullMQ 5, no-op, removeOnComplete {bull:>8.0} jobs/s   (orchestrator {:.2}x BullMQ)",
-            ours / bull
-        );
+            f.ours / bull
+        ),
     }
-    per_line("orchestrator", ours_at);
-    if !bull_per.is_empty() {
-        per_line("BullMQ 5", bull_at);
+    per_line("orchestrator", f.ours_per);
+    if let Some(per) = f.bull_per {
+        per_line("BullMQ 5", per);
     }
     println!(
         "  raw wake-up (LPUSH -> blocked BRPOP returns)    p50 {:?}  p99 {:?}",
-        percentile(&raw_wake, 0.5),
-        percentile(&raw_wake, 0.99)
+        percentile(&f.raw_wake, 0.5),
+        percentile(&f.raw_wake, 0.99)
     );
     println!(
         "  pickup latency idle (LPUSH -> first event)      p50 {:?}  p99 {:?}",
-        percentile(&pickup, 0.5),
-        percentile(&pickup, 0.99)
+        percentile(&f.pickup, 0.5),
+        percentile(&f.pickup, 0.99)
     );
     println!(
         "  push -> completed event                         p50 {:?}  p99 {:?}",
-        percentile(&end_to_end, 0.5),
-        percentile(&end_to_end, 0.99)
+        percentile(&f.end_to_end, 0.5),
+        percentile(&f.end_to_end, 0.99)
     );
-    println!("  worker RSS idle {idle_rss} KiB, under load peak {peak_rss} KiB (VmHWM {hwm} KiB)");
     println!(
-        "  herd check, {herd_workers} idle workers, one push at a time: {herd_pops:.2} blocking pops and {herd_scripts:.2} scripts per push (beyond idle)"
+        "  herd check, {} idle workers, one push at a time: {:.2} blocking pops and {:.2} scripts per push (beyond idle)",
+        env_or("BENCH_HERD_WORKERS", 4),
+        f.herd.0,
+        f.herd.1
     );
+}
+
+#[tokio::main]
+async fn main() {
+    let n = env_or("BENCH_TASKS", 20_000);
+    let concurrency = env_or("BENCH_CONCURRENCY", 16);
+    let rounds = env_or("BENCH_ROUNDS", 3).max(1);
+    let server = RedisServer::start();
+    let mut conn = server.conn().await;
+    let bullmq = bullmq_ready();
+    let (mut peak_rss, mut hwm, mut idle_rss) = (0, 0, 0);
+    let mut all = Vec::new();
+    // The test harness's Redis fsyncs the AOF on every write (`always`): throughput is then
+    // bounded by the disk's fsync latency. `everysec` is the AOF policy production runs.
+    for policy in ["always", "everysec"] {
+        set_fsync(&mut conn, policy).await;
+        // Throughput, interleaved rounds: raw, the worker, BullMQ, each on the same Redis.
+        let (mut raw, mut ours, mut bull) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ours_per, mut bull_per) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let _: () = redis::cmd("FLUSHALL")
+                .query_async(&mut conn)
+                .await
+                .expect("flush");
+            raw.push(raw_brpop(&server, n).await);
+            let (rate, peak, high, per) = through_worker(&server, n, concurrency).await;
+            ours.push(rate);
+            ours_per.push(per);
+            peak_rss = peak_rss.max(peak);
+            hwm = hwm.max(high);
+            if let Some(dir) = &bullmq
+                && let Some((rate, per)) = through_bullmq(dir, &server, n, concurrency)
+            {
+                bull.push(rate);
+                bull_per.push(per);
+            }
+        }
+        let raw_wake = raw_pickup(&server, 300).await;
+        let (pickup, end_to_end, idle) = pickup(&server, concurrency, 300).await;
+        idle_rss = idle;
+        let herd_workers = env_or("BENCH_HERD_WORKERS", 4);
+        let herd = herd(&server, herd_workers, 50).await;
+        set_fsync(&mut conn, policy).await;
+        all.push((
+            policy,
+            Figures {
+                ours_per: median_per(&ours, &ours_per),
+                bull_per: (!bull.is_empty()).then(|| median_per(&bull, &bull_per)),
+                raw: median(raw),
+                ours: median(ours),
+                bull: (!bull.is_empty()).then(|| median(bull)),
+                raw_wake,
+                pickup,
+                end_to_end,
+                herd,
+            },
+        ));
+    }
+    for (policy, figures) in &all {
+        report(policy, figures, n, concurrency, rounds);
+    }
+    println!("worker RSS idle {idle_rss} KiB, under load peak {peak_rss} KiB (VmHWM {hwm} KiB)");
 }

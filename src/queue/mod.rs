@@ -199,6 +199,8 @@ pub struct Finish {
     how: &'static str,
     extra: String,
     new_body: String,
+    /// What the worker knows of the attempt (see `finish_one` in attempt.lua).
+    state: &'static str,
     record: Vec<String>,
 }
 
@@ -236,8 +238,16 @@ impl Finish {
             how,
             extra,
             new_body: new_body.unwrap_or("").to_string(),
+            state: "l",
             record,
         }
+    }
+
+    /// The finish of an attempt that began and ran: it holds a lock only when its task has a
+    /// resource (the script then skips the lookups the other cases need).
+    pub fn after_run(mut self, has_resource: bool) -> Self {
+        self.state = if has_resource { "bl" } else { "b" };
+        self
     }
 
     fn push<'a>(&'a self, invocation: &mut ScriptInvocation<'a>) {
@@ -251,6 +261,7 @@ impl Finish {
             .arg(self.how)
             .arg(&self.extra)
             .arg(&self.new_body)
+            .arg(self.state)
             .arg(self.record.len())
             .arg(&self.record);
     }

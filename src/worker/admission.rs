@@ -120,6 +120,7 @@ impl Worker {
                 &task,
                 None,
                 None,
+                None,
                 update,
                 Then::DeadLetter(&entry),
             )

@@ -212,11 +212,14 @@ impl Worker {
         update: Update<'_>,
         then: Then<'_>,
     ) {
+        // With a context, the attempt began and ran (it holds a lock only if it has a resource).
+        let ran = ctx.map(|_| p.resource.is_some());
         self.conclude(
             &p.claimed,
             &p.task,
             p.new_body.as_deref(),
             ctx,
+            ran,
             update,
             then,
         )
@@ -226,12 +229,15 @@ impl Worker {
     /// Writes an outcome, retried until it lands, the claim is found lost (nothing written: a
     /// newer attempt owns the task), or the worker stops for good (the claim is then recovered
     /// when its lease runs out). If Redis refuses the task's hash, the task is dead-lettered.
+    /// `ran`: the attempt began and ran, on a resource or not.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn conclude(
         &self,
         claimed: &Claimed,
         task: &Task,
         new_body: Option<&str>,
         ctx: Option<&TaskContext>,
+        ran: Option<bool>,
         update: Update<'_>,
         then: Then<'_>,
     ) {
@@ -239,6 +245,10 @@ impl Worker {
             ctx.settle();
         }
         let finish = Finish::new(claimed, Some(task), Some(&update), &then, new_body);
+        let finish = match ran {
+            Some(has_resource) => finish.after_run(has_resource),
+            None => finish,
+        };
         let mut backoff = Backoff::new();
         let mut tries = 0u32;
         loop {

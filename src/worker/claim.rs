@@ -224,7 +224,11 @@ impl Worker {
         let peek = if ex.short || want == 0 {
             0
         } else {
-            self.services.config.worker.concurrency.clamp(1, CLAIM_BATCH)
+            self.services
+                .config
+                .worker
+                .concurrency
+                .clamp(1, CLAIM_BATCH)
         };
         let finishes = std::mem::take(&mut ex.finishes);
         let begins = std::mem::take(&mut ex.begins);

@@ -29,31 +29,27 @@ local function claim_one(handle, worker, lease, now, ordered)
   return tostring(fence)
 end
 
--- Begins one claimed task: checks the fence, drops a copy of a finished task, keeps the enqueue
--- order of a resource (blocks while an older claim has not begun yet, then parks behind the lock's
--- holder), settles idempotency keys, takes the lock, counts the attempt and records "processing"
--- with its event. hkey: its hash; ikey: its idempotency record (hkey when it has none); gc: how
--- long (ms) a claim recovered before it began still holds younger tasks back; rec: the record
--- arguments (attempts as the placeholder).
+-- Begins one claimed task: checks the fence (unless `fresh`: claimed by this very call), drops a
+-- copy of a finished task, keeps the enqueue order of a resource (blocks while an older claim has
+-- not begun yet, then parks behind the lock's holder), settles idempotency keys, takes the lock,
+-- counts the attempt and records "processing" with its event. hkey: its hash; ikey: its
+-- idempotency record (hkey when it has none); gc: how long (ms) a claim recovered before it began
+-- still holds younger tasks back; rec: the record arguments (attempts as the placeholder). The
+-- task hash is read before anything is written for the task, so a hash of another type raises
+-- WRONGTYPE (turned into this task's error by `guarded`) having changed nothing.
 -- Returns {verdict, a, b}: run (attempts, cancel flag), exhausted (attempts), parked (holder),
--- blocked, finished (status), superseded, duplicate (first id, its result), idem_wait (first id),
--- broken (the task hash or idempotency record is not a hash: Redis refuses to record it).
-local function begin_one(hkey, ikey, handle, fence, res, id, max, waiting_msg, rec, now, gc, idem_wait, idem_ttl)
-  if claim_fence(handle) ~= fence then return {'superseded', '', ''} end
-  local kind = redis.call('TYPE', hkey).ok
-  if (kind ~= 'hash' and kind ~= 'none') or (ikey ~= hkey and redis.call('TYPE', ikey).ok ~= 'hash'
-      and redis.call('TYPE', ikey).ok ~= 'none') then
-    redis.call('ZREM', UNBEGUN, handle)
-    return {'broken', kind, ''}
-  end
+-- blocked, finished (status), superseded, duplicate (first id, its result), idem_wait (first id).
+local function begin_one(hkey, ikey, handle, fence, res, id, max, waiting_msg, rec, now, gc, idem_wait, idem_ttl, fresh)
+  if not fresh and claim_fence(handle) ~= fence then return {'superseded', '', ''} end
   local status = redis.call('HGET', hkey, 'status')
   if status == 'completed' or status == 'failed' or status == 'cancelled' then
-    drop_claim(handle)
+    drop_claim(handle, false)
     release(handle)
     forget(handle)
     return {'finished', status, ''}
   end
-  local order = tonumber(redis.call('ZSCORE', UNBEGUN, handle) or fence)
+  local order = tonumber(fence)
+  if res ~= '' then order = tonumber(redis.call('ZSCORE', UNBEGUN, handle) or fence) end
   if res ~= '' and redis.call('HGET', LOCKS, res) ~= handle and older_pending(order, now, gc) then
     -- Blocked: out of flight until the older claims begin (it keeps its order).
     redis.call('ZADD', UNBEGUN, 'NX', order, handle)
@@ -103,15 +99,17 @@ end
 -- its turn) or back (put back now: a lock holder to the ready list, any other task to the pop end
 -- of `list`). Releasing the lock hands it to the resource's first waiter. hkey: the task hash (any
 -- key when not recording), ikey: its idempotency record (hkey when none), body: a new body ('' to
--- keep). Returns 1, or 0 when the claim was lost (a newer attempt owns the task: nothing written).
-local function finish_one(hkey, list, ikey, handle, fence, how, extra, body, rec)
+-- keep), state: what the worker knows of the attempt, 'b' when it began, 'l' when it may hold a
+-- lock (so a begun task without a resource skips both lookups).
+-- Returns 1, or 0 when the claim was lost (a newer attempt owns the task: nothing written).
+local function finish_one(hkey, list, ikey, handle, fence, how, extra, body, state, rec)
   if claim_fence(handle) ~= fence then return 0 end
   if rec then
     -- rec[21] is the attempts value: the placeholder keeps the count the begin step made.
     if rec[21] == '4294967295' then
       rec = patch(rec, redis.call('HGET', hkey, 'attempts') or '0')
     end
-    record(hkey, rec)
+    record(hkey, rec, true)
     if ikey ~= hkey and redis.call('HGET', ikey, 'id') == rec[7] then
       local st = rec[11]
       if st == 'completed' or st == 'failed' or st == 'cancelled' then
@@ -119,7 +117,8 @@ local function finish_one(hkey, list, ikey, handle, fence, how, extra, body, rec
       end
     end
   end
-  drop_claim(handle)
+  drop_claim(handle, string.find(state, 'b', 1, true) ~= nil)
+  local locked = string.find(state, 'l', 1, true) ~= nil
   if body ~= '' then redis.call('HSET', BODIES, handle, body) end
   if how == 'delay' then
     local due = now_ms() + tonumber(extra)
@@ -130,7 +129,7 @@ local function finish_one(hkey, list, ikey, handle, fence, how, extra, body, rec
   elseif how == 'back' then
     requeue(handle, list)
   else
-    release(handle)
+    if locked then release(handle) end
     forget(handle)
     if how == 'dead' then redis.call('LPUSH', DEAD, extra) end
   end

@@ -13,14 +13,15 @@
 -- peek, ARGV[5]: how long (ms) a claim recovered before it began holds younger tasks back,
 -- ARGV[6]: idempotency wait bound (ms), ARGV[7]: idempotency TTL (s), ARGV[8]: L, ARGV[9]: number
 -- of finishes, ARGV[10]: of begins, ARGV[11]: of hints; then
---   per finish: handle, fence, how, extra, new body ('' to keep), n, n record arguments (n = 0:
---   nothing recorded);
+--   per finish: handle, fence, how, extra, new body ('' to keep), state ('b': it began, 'l': it
+--   may hold a lock), n, n record arguments (n = 0: nothing recorded);
 --   per begin: handle, fence, resource ('' for none), task id, max attempts, waiting message, n,
 --   n record arguments (`progress::record_args`, attempts as the placeholder);
 --   per hint: list, body, then as per begin without handle and fence.
 -- Returns {finished, begun, claimed, peeked}:
 --   finished: per finish 1, 0 (the claim was lost: nothing written) or "!<error Redis raised>";
---   begun: per begin {verdict, a, b} (attempt.lua's begin_one) or "!<error Redis raised>";
+--   begun: per begin {verdict, a, b} (attempt.lua's begin_one) or "!<error Redis raised>" (a
+--   task hash of another type: WRONGTYPE, nothing written for it);
 --   claimed: per task claimed {handle, fence, list, hint (its 1-based index, 0 for none), body
 --   ('' when hinted), then for a hinted task its verdict (as in begun)};
 --   peeked: list, body, ... for the next bodies in claim order (left where they are).
@@ -44,10 +45,10 @@ local finished = {}
 for f = 1, nfinish do
   local hkey, list, ikey = KEYS[ki], KEYS[ki + 1], KEYS[ki + 2]
   ki = ki + 3
-  local handle, fence, how, extra, body = ARGV[ai], ARGV[ai + 1], ARGV[ai + 2], ARGV[ai + 3], ARGV[ai + 4]
-  ai = ai + 5
+  local handle, fence, how, extra, body, state = ARGV[ai], ARGV[ai + 1], ARGV[ai + 2], ARGV[ai + 3], ARGV[ai + 4], ARGV[ai + 5]
+  ai = ai + 6
   local rec = take_record()
-  finished[f] = guarded(finish_one, hkey, list, ikey, handle, fence, how, extra, body, rec)
+  finished[f] = guarded(finish_one, hkey, list, ikey, handle, fence, how, extra, body, state, rec)
 end
 
 local begun = {}
@@ -57,7 +58,7 @@ for b = 1, nbegin do
   local handle, fence, res, id, max, msg = ARGV[ai], ARGV[ai + 1], ARGV[ai + 2], ARGV[ai + 3], ARGV[ai + 4], ARGV[ai + 5]
   ai = ai + 6
   local rec = take_record()
-  begun[b] = guarded(begin_one, hkey, ikey, handle, fence, res, id, max, msg, rec, now, gc, idem_wait, idem_ttl)
+  begun[b] = guarded(begin_one, hkey, ikey, handle, fence, res, id, max, msg, rec, now, gc, idem_wait, idem_ttl, false)
 end
 
 -- Hints by list, in the order the worker saw them at the pop end.
@@ -108,7 +109,7 @@ for i = 13, 12 + nlists do
       local fence = claim_one(handle, worker, lease, now, hint.res ~= '')
       claimed[#claimed + 1] = {handle, fence, list, hint.index, '',
         guarded(begin_one, hint.hkey, hint.ikey, handle, fence, hint.res, hint.id, hint.max, hint.msg,
-          hint.rec, now, gc, idem_wait, idem_ttl)}
+          hint.rec, now, gc, idem_wait, idem_ttl, true)}
     else
       claimed[#claimed + 1] = {handle, claim_one(handle, worker, lease, now, true), list, 0, body}
     end
