@@ -18,29 +18,46 @@
 //! `~<fence>` for a body without an id) and its body is kept in `{orch}:bodies`, its list in
 //! `{orch}:origin`: identical bodies stay distinct entries.
 //!
-//! **Claim** (`claim.lua`) takes up to N tasks, the ready list first, then the lists in claim order
-//! (every `high` before any `normal`), and gives each attempt a fencing token from `{orch}:fence`
-//! and a lease. **Begin** (`begin.lua`, one call per batch) checks the fence, counts the attempt
-//! (in the script, never read-then-written), takes the task's resource lock or parks it behind the
-//! holder, settles idempotency keys and records `processing` with its event. Every later write of
-//! the attempt (progress, finish) checks its fence in the same script, so a stale attempt (stalled
-//! past its lease, then resumed) is refused and stops: it can neither report nor finish a task a
-//! newer attempt owns. **Finish** (`finish.lua`) records the outcome, releases the lock and hands it
-//! to the resource's first waiter (which goes to the ready list), all in one script.
+//! The hot path is one script, `tick.lua`, composed of the steps in `attempt.lua`: a worker's
+//! outcomes, begins and claims travel together, one call per batch. **Claim** takes up to N
+//! tasks, the ready list first, then the lists in claim order (every `high` before any
+//! `normal`), and gives each attempt a fencing token from `{orch}:fence` and a lease. **Begin**
+//! checks the fence, counts the attempt (in the script, never read-then-written), takes the task's
+//! resource lock or parks it behind the holder, settles idempotency keys and records `processing`
+//! with its event. A claimed body the worker already prepared (it saw it at the pop end of the
+//! list: the call peeks at the next bodies, and an idle worker is woken with the body in hand)
+//! begins in the same call that claims it; any other claim begins in the worker's next call.
+//! Every later write of the attempt (progress, finish) checks its fence in the same script, so a
+//! stale attempt (stalled past its lease, then resumed) is refused and stops: it can neither
+//! report nor finish a task a newer attempt owns. **Finish** records the outcome, releases the
+//! lock and hands it to the resource's first waiter (which goes to the ready list), all in one
+//! step; the same call then claims the next tasks for the freed slots. A batch's steps are
+//! isolated: a task whose hash Redis refuses (WRONGTYPE) fails its own entry, not the call.
+//!
+//! Idle workers: one per deployment holds the listener's role (`{orch}:lead:listener`) and
+//! blocks on every list with a rotation of the list onto itself (`BLMOVE l l RIGHT RIGHT`: it
+//! takes nothing, so no task is ever held by a waiter); the others block on `{orch}:baton`. A
+//! push wakes the listener alone, which claims and begins the task in one call. A listener that
+//! fills its slots or stops resigns and pushes one token on the baton, waking one idle worker to
+//! take over; one that froze loses the role when its short lease runs out; and every idle worker
+//! still claims once a second, so nothing waits on a lost wake-up.
 //!
 //! Each worker renews the leases of its running attempts in one call (`renew.lua`), which also
 //! tells it which claims it lost. One reaper per deployment (`{orch}:lead:reaper`) reads the
 //! expired leases (`expired.lua`, no SCAN) and gives each back (`recover.lua`): requeued, or past
 //! `max_recoveries` dead-lettered as a poison pill. This catches orphans of live workers too (a
 //! claim whose reply was lost). One promoter per deployment moves due delayed tasks back
-//! (`promote.lua`) and sleeps until the next one is due.
+//! (`promote.lua`) and sleeps until the next one is due; the finish step announces a retry due
+//! before all others on `{orch}:promote`, which wakes it.
 //!
 //! Per-resource order: claims are fenced in claim order, which is enqueue order within a list
 //! (and priority order across lists). A task with a resource begins only after every older claim
 //! has begun (`{orch}:unbegun`; a claim recovered before it began keeps its place there): until
 //! then it is *blocked* (in the waiting set under the empty resource, out of flight), and goes to
 //! the ready list as soon as an older claim begins or leaves. Waiters are handed the lock in the
-//! same order, so tasks of one resource run in enqueue order. A claim recovered before it began
+//! same order, so tasks of one resource run in enqueue order. A task begun in the call that claimed
+//! it, without a resource, never enters `{orch}:unbegun` (nobody can be waiting for it, and its
+//! resource, if any, is known at once). A claim recovered before it began
 //! that nobody claims again within ten leases (its list is no longer consumed) is forgotten, so it
 //! cannot block its resource for ever.
 //! A lock lives as long as its holder's lease: a holder recovered after a stall keeps the lock and

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -41,6 +43,46 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 const GATHER_TURNS: usize = 64;
 const GATHER_QUIET: usize = 3;
 
+/// Most calls in flight at once (pipelined on one connection, executed in order).
+const PIPELINE: usize = 2;
+
+/// One call's content, owned by the call while it is in flight.
+struct Batch {
+    finishes: Vec<Outcome>,
+    begins: Vec<(Prepared, OwnedSemaphorePermit)>,
+    begin_args: Vec<Begin>,
+    hints: Vec<Prepared>,
+    hint_args: Vec<Begin>,
+    permits: Vec<OwnedSemaphorePermit>,
+    peek: usize,
+}
+
+impl Batch {
+    fn tick(&self) -> Tick<'_> {
+        Tick {
+            finishes: self.finishes.iter().map(|(f, _)| f).collect(),
+            begins: self
+                .begins
+                .iter()
+                .zip(&self.begin_args)
+                .map(|((p, _), b)| (&p.claimed, b))
+                .collect(),
+            hints: self
+                .hints
+                .iter()
+                .zip(&self.hint_args)
+                .map(|(p, begin)| Hint {
+                    list: &p.claimed.list,
+                    body: &p.claimed.body,
+                    begin,
+                })
+                .collect(),
+            want: self.permits.len(),
+            peek: self.peek,
+        }
+    }
+}
+
 /// The loop's state between calls.
 struct Exchange {
     slots: Arc<Semaphore>,
@@ -49,6 +91,8 @@ struct Exchange {
     begins: Vec<(Prepared, OwnedSemaphorePermit)>,
     /// Bodies seen at the pop end of a list (peeked, or handed over by a wake-up), prepared.
     hints: Vec<Prepared>,
+    /// Bodies the calls in flight hold as hints (list, body).
+    flying: Vec<(String, Vec<u8>)>,
     /// Outcomes to write with the next call.
     finishes: Vec<Outcome>,
     /// The last claim found fewer tasks than it wanted: claim again only when woken.
@@ -91,12 +135,15 @@ impl Worker {
             running: JoinSet::new(),
             begins: Vec::new(),
             hints: Vec::new(),
+            flying: Vec::new(),
             finishes: Vec::new(),
             short: false,
             wanting,
         };
         let mut backoff = Backoff::new();
         let mut drain: Option<Drain> = None;
+        let mut calls = FuturesOrdered::new();
+        let half = (concurrency / 2).max(1);
         loop {
             while ex.running.try_join_next().is_some() {}
             while let Ok(outcome) = outcomes.try_recv() {
@@ -112,62 +159,88 @@ impl Worker {
                 ex.publish(false);
             }
             if let Some(drain) = &mut drain {
-                if ex.running.is_empty() && ex.begins.is_empty() && ex.finishes.is_empty() {
+                if ex.running.is_empty()
+                    && ex.begins.is_empty()
+                    && ex.finishes.is_empty()
+                    && calls.is_empty()
+                {
                     break;
                 }
                 self.drain_step(drain, &mut ex.running).await;
             }
             let stopping = drain.is_some();
-            let mut permits = Vec::new();
-            if !stopping && !ex.short {
-                while permits.len() < CLAIM_BATCH {
-                    match ex.slots.clone().try_acquire_owned() {
-                        Ok(p) => permits.push(p),
-                        Err(_) => break,
+            if calls.len() < PIPELINE {
+                let mut permits = Vec::new();
+                if !stopping && !ex.short {
+                    while permits.len() < CLAIM_BATCH {
+                        match ex.slots.clone().try_acquire_owned() {
+                            Ok(p) => permits.push(p),
+                            Err(_) => break,
+                        }
                     }
                 }
+                let work = ex.finishes.len() + ex.begins.len() + permits.len();
+                // A second call in flight only with half a batch to carry: it overlaps the
+                // worker's share of one batch with Redis's share of the other.
+                if work > 0 && (calls.is_empty() || work >= half) {
+                    let batch = self.batch(&mut ex, permits);
+                    let queue = self.queue.clone();
+                    calls.push_back(async move {
+                        // The one call that writes claims, begins and outcomes (the claim and
+                        // finish call site): a deployment that waits for replicas (WAIT) waits
+                        // here, before the reply is acted on.
+                        let reply = queue.tick(&batch.tick()).await;
+                        (batch, reply)
+                    });
+                    continue;
+                }
             }
-            if ex.finishes.is_empty() && ex.begins.is_empty() && permits.is_empty() {
-                // Nothing to write: wait for an outcome, a wake-up, a free slot, the idle poll.
-                let idle = ex.short && !stopping;
-                let free = !ex.short && !stopping;
-                tokio::select! {
-                    outcome = outcomes.recv() => {
-                        if let Some(outcome) = outcome {
-                            ex.finishes.push(outcome);
+            // Nothing to send now: wait for a reply, an outcome, a wake-up, a free slot, the idle
+            // poll.
+            let idle = ex.short && !stopping && calls.is_empty();
+            // Waiting for a slot only when none is free (free ones already failed to make a call
+            // worth sending).
+            let free = !ex.short
+                && !stopping
+                && calls.len() < PIPELINE
+                && ex.slots.available_permits() == 0;
+            tokio::select! {
+                Some((batch, reply)) = calls.next(), if !calls.is_empty() => {
+                    match self.settle(&mut ex, batch, reply) {
+                        Ok(()) => {
+                            backoff.reset();
+                            self.metrics.redis_ok();
+                            // Attempts that end at once (or fail fast) travel with the next call.
                             gather(&mut outcomes, &mut ex.finishes).await;
                         }
-                    }
-                    wake = wakes.recv() => {
-                        if let Some((list, body)) = wake {
-                            self.hint(&mut ex, list, body);
-                            ex.short = false;
+                        Err(err) => {
+                            self.note_trouble();
+                            let pause = backoff.next();
+                            warn!(error = %err, retry_in = ?pause, "cannot reach the queue; retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(pause) => {}
+                                _ = shutdown.wait(), if !stopping => {}
+                            }
                         }
                     }
-                    permit = ex.slots.clone().acquire_owned(), if free => drop(permit),
-                    _ = ex.running.join_next(), if !ex.running.is_empty() => {}
-                    _ = tokio::time::sleep(IDLE_POLL), if idle => ex.short = false,
-                    _ = tokio::time::sleep(Duration::from_millis(100)), if stopping => {}
-                    _ = shutdown.wait(), if !stopping => {}
                 }
-                continue;
-            }
-            match self.exchange(&mut ex, permits).await {
-                Ok(()) => {
-                    backoff.reset();
-                    self.metrics.redis_ok();
-                    // Attempts that end at once (or fail fast) travel with the next call.
-                    gather(&mut outcomes, &mut ex.finishes).await;
-                }
-                Err(err) => {
-                    self.note_trouble();
-                    let pause = backoff.next();
-                    warn!(error = %err, retry_in = ?pause, "cannot reach the queue; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = shutdown.wait(), if !stopping => {}
+                outcome = outcomes.recv() => {
+                    if let Some(outcome) = outcome {
+                        ex.finishes.push(outcome);
+                        gather(&mut outcomes, &mut ex.finishes).await;
                     }
                 }
+                wake = wakes.recv() => {
+                    if let Some((list, body)) = wake {
+                        self.hint(&mut ex, list, body);
+                        ex.short = false;
+                    }
+                }
+                permit = ex.slots.clone().acquire_owned(), if free => drop(permit),
+                _ = ex.running.join_next(), if !ex.running.is_empty() => {}
+                _ = tokio::time::sleep(IDLE_POLL), if idle => ex.short = false,
+                _ = tokio::time::sleep(Duration::from_millis(100)), if stopping => {}
+                _ = shutdown.wait(), if !stopping => {}
             }
         }
 
@@ -211,64 +284,79 @@ impl Worker {
         }
     }
 
-    /// One call: writes the outcomes, begins what was claimed, claims for `permits` free slots
-    /// (beginning the hinted bodies at once) and peeks for the next call. An error leaves the
-    /// outcomes to their attempts' retries and the begins for the next call.
-    async fn exchange(
-        self: &Arc<Self>,
-        ex: &mut Exchange,
-        permits: Vec<OwnedSemaphorePermit>,
-    ) -> redis::RedisResult<()> {
+    /// The next call's batch: the outcomes, the begins of what was claimed, claims for
+    /// `permits` free slots (beginning the hinted bodies at once: the first ones seen, which are
+    /// the ones it will claim) and a peek for the calls after it.
+    fn batch(&self, ex: &mut Exchange, permits: Vec<OwnedSemaphorePermit>) -> Batch {
         let want = permits.len();
-        // Enough bodies for every slot the next call may fill (prepared ones are kept).
+        // Enough bodies for the slots the next calls may fill (prepared ones are kept).
         let peek = if ex.short || want == 0 {
             0
         } else {
-            self.services
-                .config
-                .worker
-                .concurrency
-                .clamp(1, CLAIM_BATCH)
+            PIPELINE
+                * self
+                    .services
+                    .config
+                    .worker
+                    .concurrency
+                    .clamp(1, CLAIM_BATCH)
         };
+        let hints: Vec<Prepared> = ex.hints.drain(..want.min(ex.hints.len())).collect();
+        ex.flying.extend(
+            hints
+                .iter()
+                .map(|p| (p.claimed.list.clone(), p.claimed.body.clone())),
+        );
         let finishes = std::mem::take(&mut ex.finishes);
         let begins = std::mem::take(&mut ex.begins);
-        let hints = std::mem::take(&mut ex.hints);
-        let messages = |p: &Prepared| {
+        let message = |p: &Prepared| {
             format!(
                 "Started (attempt {ATTEMPTS_PLACEHOLDER} of {})",
                 p.max_attempts
             )
         };
-        let begin_args: Vec<Begin> = begins
-            .iter()
-            .map(|(p, _)| self.begin_args(p, &messages(p)))
-            .collect();
-        let hint_args: Vec<Begin> = hints
-            .iter()
-            .map(|p| self.begin_args(p, &messages(p)))
-            .collect();
-        let tick = Tick {
-            finishes: finishes.iter().map(|(f, _)| f).collect(),
-            begins: begins
+        Batch {
+            begin_args: begins
                 .iter()
-                .zip(&begin_args)
-                .map(|((p, _), b)| (&p.claimed, b))
+                .map(|(p, _)| self.begin_args(p, &message(p)))
                 .collect(),
-            hints: hints
+            hint_args: hints
                 .iter()
-                .zip(&hint_args)
-                .map(|(p, begin)| Hint {
-                    list: &p.claimed.list,
-                    body: &p.claimed.body,
-                    begin,
-                })
+                .map(|p| self.begin_args(p, &message(p)))
                 .collect(),
-            want,
+            finishes,
+            begins,
+            hints,
+            permits,
             peek,
-        };
-        // Claims, begins and outcomes are all written by this one call: where a deployment
-        // waits for replicas (WAIT), it waits here, before acting on the reply.
-        let reply = self.queue.tick(&tick).await;
+        }
+    }
+
+    /// Acts on a call's reply. An error leaves the outcomes to their attempts' retries and the
+    /// begins for the next call.
+    fn settle(
+        self: &Arc<Self>,
+        ex: &mut Exchange,
+        batch: Batch,
+        reply: redis::RedisResult<Ticked>,
+    ) -> redis::RedisResult<()> {
+        let Batch {
+            finishes,
+            begins,
+            hints,
+            permits,
+            ..
+        } = batch;
+        let want = permits.len();
+        for p in &hints {
+            if let Some(i) = ex
+                .flying
+                .iter()
+                .position(|(l, b)| *l == p.claimed.list && *b == p.claimed.body)
+            {
+                ex.flying.swap_remove(i);
+            }
+        }
         let Ticked {
             finished,
             begun,
@@ -282,7 +370,7 @@ impl Worker {
                         err.to_string(),
                     ))));
                 }
-                ex.begins = begins;
+                ex.begins.extend(begins);
                 return Err(err);
             }
         };
@@ -323,16 +411,22 @@ impl Worker {
             ex.short = claimed < want;
             ex.publish(ex.short && ex.slots.available_permits() > 0);
         }
-        // The next hints: the bodies now at the pop ends, prepared once (kept from this call's
-        // unused hints when they are still there).
-        let mut unused: Vec<Prepared> = hints.into_iter().flatten().collect();
-        for (list, body) in peeked {
-            match unused
-                .iter()
-                .position(|h| h.claimed.list == list && h.claimed.body == body)
-            {
-                Some(i) => ex.hints.push(unused.swap_remove(i)),
-                None => self.hint(ex, list, body),
+        if !peeked.is_empty() {
+            // The next hints: the bodies now at the pop ends, prepared once (kept when they were
+            // hints already), less those a call in flight holds as hints (it will claim them).
+            let mut known: Vec<Prepared> = hints.into_iter().flatten().collect();
+            known.append(&mut ex.hints);
+            for (list, body) in peeked {
+                if ex.hinted(&list, &body) {
+                    continue;
+                }
+                match known
+                    .iter()
+                    .position(|h| h.claimed.list == list && h.claimed.body == body)
+                {
+                    Some(i) => ex.hints.push(known.swap_remove(i)),
+                    None => self.hint(ex, list, body),
+                }
             }
         }
         Ok(())
@@ -455,6 +549,11 @@ struct Drain {
 }
 
 impl Exchange {
+    /// Whether a call in flight holds this body as a hint.
+    fn hinted(&self, list: &str, body: &[u8]) -> bool {
+        self.flying.iter().any(|(l, b)| l == list && b == body)
+    }
+
     fn publish(&self, open: bool) {
         self.wanting.send_modify(|w| {
             w.generation += 1;
