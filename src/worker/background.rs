@@ -1,7 +1,9 @@
 //! The loops beside the claim loop: lease renewal of running attempts (one call per worker),
 //! recovery of expired leases (one reaper per deployment, with a grace after Redis trouble), the
 //! promoter of delayed tasks (one per deployment, sleeping until the next due time), the cancel
-//! listener, the idle waiters that wake the claim loop, heartbeats and queue-depth sampling.
+//! listener, the listener's role (one idle worker per deployment blocks on the lists, the others on
+//! a baton) and its waiters, which hand the exchange loop the body a push brought, heartbeats and
+//! queue-depth sampling.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,10 +1,12 @@
 //! The exchange loop: every claim, begin and finish of this worker goes through one script call
-//! at a time ([`Queue::tick`]), so under load one round trip carries a whole batch: the outcomes of
-//! the attempts that ended, the begins of tasks claimed earlier, new claims for the free slots, and
-//! a peek at the next bodies. The worker prepares those bodies (parse, schema, handler) while the
-//! previous batch runs, so the next call claims and begins them at once. An idle worker is woken
-//! by the listener's wake-up with the body in hand and takes it, "processing" recorded, in one call.
-//! On shutdown the loop keeps writing outcomes until what runs has finished or been put back.
+//! ([`Queue::tick`]), so under load one round trip carries a whole batch: the outcomes of the
+//! attempts that ended, the begins of tasks claimed earlier, new claims for the free slots, and a
+//! peek at the next bodies. The worker prepares those bodies (parse, schema, handler) while the
+//! previous batch runs, so the next call claims and begins them at once. Two calls may be in
+//! flight (pipelined on one connection, run in order): the worker handles one batch while Redis
+//! runs the other. An idle worker is woken by the listener's wake-up with the body in hand and
+//! takes it, "processing" recorded, in one call. On shutdown the loop keeps writing outcomes until
+//! what runs has finished or been put back.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
