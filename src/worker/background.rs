@@ -399,9 +399,10 @@ impl Worker {
                 Ok(true) => {
                     leading = true;
                     listening.send_replace(true);
+                    // Renewed a third of its lease apart; handed over as soon as it is full.
                     tokio::select! {
                         _ = tokio::time::sleep(LISTENER_TTL / 3) => {}
-                        _ = wanting.changed() => {}
+                        _ = wanting.wait_for(|w| !w.open) => {}
                         _ = stop.wait() => break,
                     }
                 }
