@@ -347,6 +347,7 @@ impl Worker {
             begins,
             hints,
             permits,
+            peek,
             ..
         } = batch;
         let want = permits.len();
@@ -413,7 +414,10 @@ impl Worker {
             ex.short = claimed < want;
             ex.publish(ex.short && ex.slots.available_permits() > 0);
         }
-        if !peeked.is_empty() {
+        if ex.short {
+            // The lists came up short: what was seen at their ends is gone.
+            ex.hints.clear();
+        } else if peek > 0 {
             // The next hints: the bodies now at the pop ends, prepared once (kept when they were
             // hints already), less those a call in flight holds as hints (it will claim them).
             let mut known: Vec<Prepared> = hints.into_iter().flatten().collect();
