@@ -149,6 +149,14 @@ pub const FENCE: &str = "{orch}:fence";
 pub const REAPER_LEAD: &str = "{orch}:lead:reaper";
 /// Leadership of the one promoter of due delayed tasks per deployment.
 pub const PROMOTER_LEAD: &str = "{orch}:lead:promoter";
+/// Leadership of the one listener per deployment: the idle worker that blocks on the queue lists
+/// (so one push wakes one worker); the other idle workers block on [`BATON`].
+pub const LISTENER_LEAD: &str = "{orch}:lead:listener";
+/// Channel on which the finish step announces a retry due before every other delayed task, so the
+/// promoter sleeps until the next due time instead of polling.
+pub const PROMOTE_CHANNEL: &str = "{orch}:promote";
+/// The listener's baton: a listener that stops listening pushes one token, waking one idle worker.
+pub const BATON: &str = "{orch}:baton";
 
 /// The fixed keys every queue script receives first, in this order.
 pub const QUEUE_STATE: [&str; 12] = [

@@ -84,22 +84,20 @@ impl Update<'_> {
     }
 }
 
-/// The Lua function that records one update: shared by [`RECORD`] and by the queue's finishing
-/// script, so the hash layout is written in one place. `a` holds the channel, the event (whose
-/// `"seq":0` prefix is replaced), the TTL, then field/value pairs starting with `updated_at`.
+/// The Lua function that records one update: shared by [`RECORD`] and by the queue's scripts, so
+/// the hash layout is written in one place. `a` holds the channel, the event (whose `"seq":0`
+/// prefix is replaced), the TTL, then field/value pairs starting with `updated_at`. The first
+/// record of a task (seq 1) dates it. `quiet`: the caller does not need the cancel flag.
 pub const RECORD_FN: &str = r#"
-local function record(key, a)
+local function record(key, a, quiet)
   local seq = redis.call('HINCRBY', key, 'seq', 1)
-  local fields = {}
-  for i = 4, #a do fields[#fields + 1] = a[i] end
-  redis.call('HSET', key, unpack(fields))
-  if redis.call('HEXISTS', key, 'created_at') == 0 then
-    redis.call('HSET', key, 'created_at', a[5])
-  end
+  redis.call('HSET', key, unpack(a, 4))
+  if seq == 1 then redis.call('HSETNX', key, 'created_at', a[5]) end
   local ttl = tonumber(a[3])
   if ttl > 0 then redis.call('EXPIRE', key, ttl) else redis.call('PERSIST', key) end
   local event = string.gsub(a[2], '^{"seq":0', '{"seq":' .. seq, 1)
   redis.call('PUBLISH', a[1], event)
+  if quiet then return {seq, ''} end
   return {seq, redis.call('HGET', key, 'cancel_requested') or ''}
 end
 "#;

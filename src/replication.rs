@@ -2,8 +2,9 @@
 //!
 //! Redis replicates asynchronously: a write the master acknowledged can be missing on the replica
 //! Sentinel promotes. Most of the worker's writes survive that (a lost progress note or lease
-//! renewal is written again), but three decide what the worker does next and are wrapped in
-//! [`replicated`] at their call sites in `src/worker/`:
+//! renewal is written again), but three decide what the worker does next. All three travel in the
+//! worker's one exchange with the queue (`Queue::tick`, in `src/worker/claim.rs`), which is wrapped
+//! in [`replicated`]:
 //! - the **claim**: it takes the task from its list and draws its fencing token from
 //!   `{orch}:fence`. Lost, the task is back in its list on the new master, the counter is back
 //!   too, and a second attempt could draw the *same* token — fencing could no longer tell the two
@@ -45,18 +46,12 @@ pub trait Written {
     fn needs_replica(&self) -> bool;
 }
 
-impl<T> Written for Vec<T> {
-    /// An empty claim or begin wrote nothing.
+impl Written for crate::queue::Ticked {
+    /// A worker's exchange with the queue wrote something when it finished, began or claimed a
+    /// task; a finish that found its claim gone may follow an earlier run of the same finish whose
+    /// reply was lost, so it counts too.
     fn needs_replica(&self) -> bool {
-        !self.is_empty()
-    }
-}
-
-impl Written for bool {
-    /// A finish: `false` (the claim was gone) may follow an earlier run of the same finish whose
-    /// reply was lost; that run must be acknowledged too.
-    fn needs_replica(&self) -> bool {
-        true
+        !self.finished.is_empty() || !self.begun.is_empty() || !self.taken.is_empty()
     }
 }
 

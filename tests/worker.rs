@@ -726,3 +726,80 @@ async fn a_task_whose_outcome_redis_refuses_is_dead_lettered_not_stuck() {
     wait_status(&mut conn, &next, "completed", Duration::from_secs(5)).await;
     running.stop().await;
 }
+
+/// Calls of `commands` so far (`INFO commandstats`).
+async fn calls(conn: &mut MultiplexedConnection, commands: &[&str]) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|line| line.strip_prefix("cmdstat_"))
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(name, _)| commands.contains(name))
+        .filter_map(|(_, fields)| fields.strip_prefix("calls=")?.split(',').next())
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum()
+}
+
+/// No herd: with several idle workers, a push wakes one of them (one blocking wait returns and
+/// one script claims the task), not every idle worker. Counted with `INFO commandstats`, beside
+/// what the same workers issue while nothing is pushed.
+#[tokio::test]
+async fn one_push_wakes_one_idle_worker() {
+    let server = RedisServer::start();
+    let queues = worker::quick_queues();
+    let mut conn = server.conn().await;
+    let workers: Vec<WorkerProcess> = (0..4)
+        .map(|n| {
+            WorkerProcess::spawn(
+                &server.url(),
+                queues.path(),
+                &[
+                    ("WORKER_ID", format!("idle-{n}").as_str()),
+                    ("WORKER_CONCURRENCY", "2"),
+                ],
+            )
+        })
+        .collect();
+    // Every worker up and idle (the first task is taken by one of them).
+    let first = new_id();
+    push(&mut conn, "queue:dns:normal", &ping(&first, json!({}))).await;
+    wait_status(&mut conn, &first, "completed", Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let blocking = ["blmove", "blpop", "brpop", "brpoplpush", "blmpop"];
+    let scripts = ["evalsha", "eval"];
+    let span = Duration::from_secs(2);
+    let (pops, runs) = (
+        calls(&mut conn, &blocking).await,
+        calls(&mut conn, &scripts).await,
+    );
+    tokio::time::sleep(span).await;
+    let idle_pops = calls(&mut conn, &blocking).await - pops;
+    let idle_runs = calls(&mut conn, &scripts).await - runs;
+
+    let pushes = 20;
+    let started = Instant::now();
+    let (pops, runs) = (
+        calls(&mut conn, &blocking).await,
+        calls(&mut conn, &scripts).await,
+    );
+    for _ in 0..pushes {
+        let id = new_id();
+        push(&mut conn, "queue:dns:normal", &ping(&id, json!({}))).await;
+        wait_status(&mut conn, &id, "completed", Duration::from_secs(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let scale = started.elapsed().as_secs_f64() / span.as_secs_f64();
+    let pops = calls(&mut conn, &blocking).await - pops;
+    let runs = calls(&mut conn, &scripts).await - runs;
+    let per_push = |busy: u64, idle: u64| (busy as f64 - idle as f64 * scale) / pushes as f64;
+    let (pops, runs) = (per_push(pops, idle_pops), per_push(runs, idle_runs));
+    eprintln!("per push: {pops:.2} blocking waits returned, {runs:.2} scripts");
+    // One wake-up per push (every idle worker woke before: about four with four workers), and
+    // the pickup plus the finish (every idle worker claimed before: six or more).
+    assert!(pops < 2.0, "{pops:.2} blocking waits per push");
+    assert!(runs < 4.0, "{runs:.2} scripts per push");
+    drop(workers);
+}

@@ -18,29 +18,46 @@
 //! `~<fence>` for a body without an id) and its body is kept in `{orch}:bodies`, its list in
 //! `{orch}:origin`: identical bodies stay distinct entries.
 //!
-//! **Claim** (`claim.lua`) takes up to N tasks, the ready list first, then the lists in claim order
-//! (every `high` before any `normal`), and gives each attempt a fencing token from `{orch}:fence`
-//! and a lease. **Begin** (`begin.lua`, one call per batch) checks the fence, counts the attempt
-//! (in the script, never read-then-written), takes the task's resource lock or parks it behind the
-//! holder, settles idempotency keys and records `processing` with its event. Every later write of
-//! the attempt (progress, finish) checks its fence in the same script, so a stale attempt (stalled
-//! past its lease, then resumed) is refused and stops: it can neither report nor finish a task a
-//! newer attempt owns. **Finish** (`finish.lua`) records the outcome, releases the lock and hands it
-//! to the resource's first waiter (which goes to the ready list), all in one script.
+//! The hot path is one script, `tick.lua`, composed of the steps in `attempt.lua`: a worker's
+//! outcomes, begins and claims travel together, one call per batch. **Claim** takes up to N
+//! tasks, the ready list first, then the lists in claim order (every `high` before any
+//! `normal`), and gives each attempt a fencing token from `{orch}:fence` and a lease. **Begin**
+//! checks the fence, counts the attempt (in the script, never read-then-written), takes the task's
+//! resource lock or parks it behind the holder, settles idempotency keys and records `processing`
+//! with its event. A claimed body the worker already prepared (it saw it at the pop end of the
+//! list: the call peeks at the next bodies, and an idle worker is woken with the body in hand)
+//! begins in the same call that claims it; any other claim begins in the worker's next call.
+//! Every later write of the attempt (progress, finish) checks its fence in the same script, so a
+//! stale attempt (stalled past its lease, then resumed) is refused and stops: it can neither
+//! report nor finish a task a newer attempt owns. **Finish** records the outcome, releases the
+//! lock and hands it to the resource's first waiter (which goes to the ready list), all in one
+//! step; the same call then claims the next tasks for the freed slots. A batch's steps are
+//! isolated: a task whose hash Redis refuses (WRONGTYPE) fails its own entry, not the call.
+//!
+//! Idle workers: one per deployment holds the listener's role (`{orch}:lead:listener`) and
+//! blocks on every list with a rotation of the list onto itself (`BLMOVE l l RIGHT RIGHT`: it
+//! takes nothing, so no task is ever held by a waiter); the others block on `{orch}:baton`. A
+//! push wakes the listener alone, which claims and begins the task in one call. A listener that
+//! fills its slots or stops resigns and pushes one token on the baton, waking one idle worker to
+//! take over; one that froze loses the role when its short lease runs out; and every idle worker
+//! still claims once a second, so nothing waits on a lost wake-up.
 //!
 //! Each worker renews the leases of its running attempts in one call (`renew.lua`), which also
 //! tells it which claims it lost. One reaper per deployment (`{orch}:lead:reaper`) reads the
 //! expired leases (`expired.lua`, no SCAN) and gives each back (`recover.lua`): requeued, or past
 //! `max_recoveries` dead-lettered as a poison pill. This catches orphans of live workers too (a
 //! claim whose reply was lost). One promoter per deployment moves due delayed tasks back
-//! (`promote.lua`) and sleeps until the next one is due.
+//! (`promote.lua`) and sleeps until the next one is due; the finish step announces a retry due
+//! before all others on `{orch}:promote`, which wakes it.
 //!
 //! Per-resource order: claims are fenced in claim order, which is enqueue order within a list
 //! (and priority order across lists). A task with a resource begins only after every older claim
 //! has begun (`{orch}:unbegun`; a claim recovered before it began keeps its place there): until
 //! then it is *blocked* (in the waiting set under the empty resource, out of flight), and goes to
 //! the ready list as soon as an older claim begins or leaves. Waiters are handed the lock in the
-//! same order, so tasks of one resource run in enqueue order. A claim recovered before it began
+//! same order, so tasks of one resource run in enqueue order. A task begun in the call that claimed
+//! it, without a resource, never enters `{orch}:unbegun` (nobody can be waiting for it, and its
+//! resource, if any, is known at once). A claim recovered before it began
 //! that nobody claims again within ten leases (its list is no longer consumed) is forgotten, so it
 //! cannot block its resource for ever.
 //! A lock lives as long as its holder's lease: a holder recovered after a stall keeps the lock and
@@ -118,35 +135,199 @@ impl DeadLetter {
 
 fn script(source: &str) -> Script {
     Script::new(&format!(
-        "#!lua\n{}\n{}\n{source}",
+        "#!lua\nlocal PROMOTE_CHANNEL = '{}'\n{}\n{}\n{}\n{source}",
+        keys::PROMOTE_CHANNEL,
         include_str!("lua/common.lua"),
-        progress::RECORD_FN
+        progress::RECORD_FN,
+        include_str!("lua/attempt.lua"),
     ))
 }
 
-static CLAIM: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/claim.lua")));
-static BEGIN: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/begin.lua")));
-static FINISH: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/finish.lua")));
+static TICK: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/tick.lua")));
 static RENEW: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/renew.lua")));
 static EXPIRED: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/expired.lua")));
 static RECOVER: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/recover.lua")));
 static PROMOTE: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/promote.lua")));
 static LEAD: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("#!lua\n{}", include_str!("lua/lead.lua"))));
+static RESIGN: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("#!lua\n{}", include_str!("lua/resign.lua"))));
 
 /// Longest a task waits for another task with the same idempotency key to finish.
 pub const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(600);
 /// Seconds an idempotency record is kept.
 pub const IDEMPOTENCY_TTL_S: u64 = 24 * 3600;
 
-/// One task of a batch to begin.
-pub struct BeginItem<'a> {
-    pub claimed: &'a Claimed,
-    pub task: &'a Task,
-    pub resource: Option<&'a str>,
-    pub max_attempts: u32,
-    /// The "processing" record (attempts as [`progress::ATTEMPTS_PLACEHOLDER`]).
-    pub started: Update<'a>,
+/// What beginning a task needs besides its claim: built once the body was read (after a claim, or
+/// before it for a body seen at the pop end of a list).
+#[derive(Debug, Clone)]
+pub struct Begin {
+    hash: String,
+    idempotency: String,
+    resource: String,
+    task_id: String,
+    max_attempts: u32,
+    waiting: String,
+    record: Vec<String>,
+}
+
+impl Begin {
+    /// Begins `task` (on `resource`, if any) as an attempt out of `max_attempts`, recording
+    /// `started` (attempts as [`progress::ATTEMPTS_PLACEHOLDER`]).
+    pub fn new(
+        task: &Task,
+        resource: Option<&str>,
+        max_attempts: u32,
+        started: &Update<'_>,
+    ) -> Self {
+        let hash = keys::task(&task.id);
+        let resource = resource.unwrap_or("").to_string();
+        Self {
+            idempotency: idempotency_key(task).unwrap_or_else(|| hash.clone()),
+            hash,
+            waiting: format!("Waiting: {resource} is being changed by an earlier task"),
+            resource,
+            task_id: task.id.clone(),
+            max_attempts,
+            record: progress::record_args(task, started),
+        }
+    }
+
+    fn push_args<'a>(&'a self, invocation: &mut ScriptInvocation<'a>) {
+        invocation
+            .arg(&self.resource)
+            .arg(&self.task_id)
+            .arg(self.max_attempts)
+            .arg(&self.waiting)
+            .arg(self.record.len())
+            .arg(&self.record);
+    }
+}
+
+/// An attempt's way out of flight, built by the attempt and written with the worker's next
+/// [`Queue::tick`]: records its update (when given) and moves the task on as [`Then`] says.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    handle: String,
+    fence: u64,
+    hash: String,
+    list: String,
+    idempotency: String,
+    how: &'static str,
+    extra: String,
+    new_body: String,
+    /// What the worker knows of the attempt (see `finish_one` in attempt.lua).
+    state: &'static str,
+    record: Vec<String>,
+}
+
+impl Finish {
+    /// The finish of `claimed`: records `update` for `task` (when both are given), then `then`;
+    /// `new_body` replaces the kept body (a generated id written back for a retry).
+    pub fn new(
+        claimed: &Claimed,
+        task: Option<&Task>,
+        update: Option<&Update<'_>>,
+        then: &Then<'_>,
+        new_body: Option<&str>,
+    ) -> Self {
+        let hash = task
+            .map(|t| keys::task(&t.id))
+            .unwrap_or_else(|| keys::CLAIMS.into());
+        let (how, extra) = match then {
+            Then::Done => ("done", String::new()),
+            Then::RetryAfter(delay) => ("delay", delay.as_millis().to_string()),
+            Then::DeadLetter(entry) => ("dead", serde_json::to_string(entry).unwrap_or_default()),
+            Then::PutBack => ("back", String::new()),
+        };
+        let record = match (task, update) {
+            (Some(task), Some(update)) => progress::record_args(task, update),
+            _ => Vec::new(),
+        };
+        Self {
+            handle: claimed.handle.clone(),
+            fence: claimed.fence,
+            idempotency: task
+                .and_then(idempotency_key)
+                .unwrap_or_else(|| hash.clone()),
+            hash,
+            list: claimed.list.clone(),
+            how,
+            extra,
+            new_body: new_body.unwrap_or("").to_string(),
+            state: "l",
+            record,
+        }
+    }
+
+    /// The finish of an attempt that began and ran: it holds a lock only when its task has a
+    /// resource (the script then skips the lookups the other cases need).
+    pub fn after_run(mut self, has_resource: bool) -> Self {
+        self.state = if has_resource { "bl" } else { "b" };
+        self
+    }
+
+    fn push<'a>(&'a self, invocation: &mut ScriptInvocation<'a>) {
+        invocation
+            .key(&self.hash)
+            .key(&self.list)
+            .key(&self.idempotency);
+        invocation
+            .arg(&self.handle)
+            .arg(self.fence)
+            .arg(self.how)
+            .arg(&self.extra)
+            .arg(&self.new_body)
+            .arg(self.state)
+            .arg(self.record.len())
+            .arg(&self.record);
+    }
+}
+
+/// A body seen at the pop end of `list` and prepared by the worker: if the next claim takes it,
+/// it begins in the same call.
+pub struct Hint<'a> {
+    pub list: &'a str,
+    pub body: &'a [u8],
+    pub begin: &'a Begin,
+}
+
+/// One exchange of a worker with the queue ([`Queue::tick`]).
+#[derive(Default)]
+pub struct Tick<'a> {
+    /// Outcomes of finished attempts.
+    pub finishes: Vec<&'a Finish>,
+    /// Tasks claimed by earlier calls, to begin in claim order.
+    pub begins: Vec<(&'a Claimed, &'a Begin)>,
+    /// Prepared bodies that begin at once if claimed.
+    pub hints: Vec<Hint<'a>>,
+    /// Most tasks to claim.
+    pub want: usize,
+    /// Most bodies to peek at (for the hints of the next call).
+    pub peek: usize,
+}
+
+/// A task claimed by a [`Queue::tick`].
+#[derive(Debug)]
+pub struct Taken {
+    /// The claim (its body empty when it was hinted: the hint has it).
+    pub claimed: Claimed,
+    /// The index of the hint it matched, and how beginning it went.
+    pub begun: Option<(usize, redis::RedisResult<Begun>)>,
+}
+
+/// What a [`Queue::tick`] did.
+#[derive(Debug, Default)]
+pub struct Ticked {
+    /// Per finish: `Ok(false)` when the claim was lost (a newer attempt owns the task; nothing
+    /// written), or the error Redis raised for that task.
+    pub finished: Vec<redis::RedisResult<bool>>,
+    /// Per begin, in order.
+    pub begun: Vec<redis::RedisResult<Begun>>,
+    /// Tasks claimed, in claim order.
+    pub taken: Vec<Taken>,
+    /// The next bodies in claim order (list, body), left where they are.
+    pub peeked: Vec<(String, Vec<u8>)>,
 }
 
 /// What beginning a task decided.
@@ -246,9 +427,13 @@ impl Queue {
         }
     }
 
-    /// Claims up to `max` tasks: the ready list, then the lists highest priority first.
-    pub async fn claim(&self, max: usize) -> redis::RedisResult<Vec<Claimed>> {
-        let mut invocation = CLAIM.prepare_invoke();
+    /// One exchange with the queue, in one script call: records `tick.finishes`, begins
+    /// `tick.begins`, claims up to `tick.want` tasks (beginning at once those matching a hint) and
+    /// peeks at up to `tick.peek` next bodies. Running it again after a lost reply repeats no
+    /// finish (the claims are gone: `Ok(false)`); claims whose reply was lost are recovered by
+    /// their leases.
+    pub async fn tick(&self, tick: &Tick<'_>) -> redis::RedisResult<Ticked> {
+        let mut invocation = TICK.prepare_invoke();
         Self::state(&mut invocation);
         for list in &self.order {
             invocation.key(list);
@@ -256,117 +441,32 @@ impl Queue {
         invocation
             .arg(&self.worker)
             .arg(self.lease.as_millis() as u64)
-            .arg(max.max(1));
-        let flat: Vec<Vec<u8>> = invocation.invoke_async(&mut self.conn.clone()).await?;
-        Ok(flat
-            .chunks_exact(4)
-            .map(|c| Claimed {
-                handle: String::from_utf8_lossy(&c[0]).into_owned(),
-                fence: String::from_utf8_lossy(&c[1]).parse().unwrap_or(0),
-                list: String::from_utf8_lossy(&c[2]).into_owned(),
-                body: c[3].clone(),
-            })
-            .collect())
-    }
-
-    /// Begins a batch of claimed tasks in claim order, in one round trip.
-    pub async fn begin(&self, items: &[BeginItem<'_>]) -> redis::RedisResult<Vec<Begun>> {
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut invocation = BEGIN.prepare_invoke();
-        Self::state(&mut invocation);
-        invocation
+            .arg(tick.want)
+            .arg(tick.peek)
             .arg(self.forget_after().as_millis() as u64)
             .arg(IDEMPOTENCY_WAIT.as_millis() as u64)
-            .arg(IDEMPOTENCY_TTL_S);
-        for item in items {
-            let hash = keys::task(&item.task.id);
-            let idempotency = idempotency_key(item.task).unwrap_or_else(|| hash.clone());
-            invocation.key(&hash).key(idempotency);
-            let record = progress::record_args(item.task, &item.started);
-            let resource = item.resource.unwrap_or("");
+            .arg(IDEMPOTENCY_TTL_S)
+            .arg(self.order.len())
+            .arg(tick.finishes.len())
+            .arg(tick.begins.len())
+            .arg(tick.hints.len());
+        for finish in &tick.finishes {
+            finish.push(&mut invocation);
+        }
+        for (claimed, begin) in &tick.begins {
+            invocation.key(&begin.hash).key(&begin.idempotency);
+            invocation.arg(&claimed.handle).arg(claimed.fence);
+            begin.push_args(&mut invocation);
+        }
+        for hint in &tick.hints {
             invocation
-                .arg(&item.claimed.handle)
-                .arg(item.claimed.fence)
-                .arg(resource)
-                .arg(&item.task.id)
-                .arg(item.max_attempts)
-                .arg(format!(
-                    "Waiting: {resource} is being changed by an earlier task"
-                ))
-                .arg(record.len())
-                .arg(record);
+                .key(&hint.begin.hash)
+                .key(&hint.begin.idempotency);
+            invocation.arg(hint.list).arg(hint.body);
+            hint.begin.push_args(&mut invocation);
         }
-        let replies: Vec<(String, String, String)> =
-            invocation.invoke_async(&mut self.conn.clone()).await?;
-        Ok(replies
-            .into_iter()
-            .map(|(verdict, a, b)| match verdict.as_str() {
-                "run" => Begun::Run {
-                    attempts: a.parse().unwrap_or(1),
-                    cancelled: !b.is_empty(),
-                },
-                "exhausted" => Begun::Exhausted {
-                    attempts: a.parse().unwrap_or(u32::MAX),
-                },
-                "parked" => Begun::Parked { holder: a },
-                "finished" => Begun::Finished { status: a },
-                "blocked" => Begun::Blocked,
-                "duplicate" => Begun::Duplicate {
-                    first: a,
-                    result: b,
-                },
-                "idem_wait" => Begun::IdempotencyWait { first: a },
-                "broken" => Begun::Broken,
-                _ => Begun::Superseded,
-            })
-            .collect())
-    }
-
-    /// Finishes an attempt: records `update` (when given), and moves the task on as `then` says,
-    /// releasing its lock (to the next waiter) unless it keeps its turn. `Ok(false)`: the claim was
-    /// lost to a newer attempt and nothing was written. Running it again after a lost reply
-    /// repeats nothing (the claim is gone, so it returns `false`).
-    pub async fn finish(
-        &self,
-        claimed: &Claimed,
-        task: Option<&Task>,
-        update: Option<&Update<'_>>,
-        then: &Then<'_>,
-        new_body: Option<&str>,
-    ) -> redis::RedisResult<bool> {
-        let mut invocation = FINISH.prepare_invoke();
-        Self::state(&mut invocation);
-        let hash = task
-            .map(|t| keys::task(&t.id))
-            .unwrap_or_else(|| keys::CLAIMS.into());
-        let idempotency = task
-            .and_then(idempotency_key)
-            .unwrap_or_else(|| hash.clone());
-        invocation.key(&hash).key(&claimed.list).key(idempotency);
-        let (how, extra) = match then {
-            Then::Done => ("done", String::new()),
-            Then::RetryAfter(delay) => ("delay", delay.as_millis().to_string()),
-            Then::DeadLetter(entry) => ("dead", serde_json::to_string(entry).unwrap_or_default()),
-            Then::PutBack => ("back", String::new()),
-        };
-        invocation
-            .arg(&claimed.handle)
-            .arg(claimed.fence)
-            .arg(how)
-            .arg(extra)
-            .arg(new_body.unwrap_or(""));
-        match (task, update) {
-            (Some(task), Some(update)) => {
-                invocation.arg("1").arg(progress::record_args(task, update));
-            }
-            _ => {
-                invocation.arg("0");
-            }
-        }
-        let done: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
-        Ok(done == 1)
+        let reply: redis::Value = invocation.invoke_async(&mut self.conn.clone()).await?;
+        parse_ticked(reply)
     }
 
     /// Renews the leases of `held` (handle, fence) in one call; returns the handles lost.
@@ -482,6 +582,18 @@ impl Queue {
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(led == 1)
+    }
+
+    /// Gives up the leadership `key` if this worker holds it, and pushes one token onto
+    /// `baton` (one idle worker blocked on it wakes and takes the role).
+    pub async fn resign(&self, key: &str, baton: &str) -> redis::RedisResult<bool> {
+        let held: i64 = RESIGN
+            .key(key)
+            .key(baton)
+            .arg(&self.worker)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(held == 1)
     }
 
     /// Moves what an older build left behind back to the pop end of its lists: the per-worker
@@ -622,6 +734,124 @@ impl Queue {
             .query_async::<()>(&mut self.conn.clone())
             .await
     }
+}
+
+fn unexpected(what: &str) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unexpected reply of the tick script",
+        what.to_string(),
+    ))
+}
+
+fn text(value: &redis::Value) -> String {
+    match value {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        redis::Value::Int(n) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn bytes(value: redis::Value) -> Vec<u8> {
+    match value {
+        redis::Value::BulkString(b) => b,
+        other => text(&other).into_bytes(),
+    }
+}
+
+fn array(value: redis::Value) -> redis::RedisResult<Vec<redis::Value>> {
+    match value {
+        redis::Value::Array(items) => Ok(items),
+        // Lua's empty table.
+        redis::Value::Nil => Ok(Vec::new()),
+        other => Err(unexpected(&format!("{other:?}"))),
+    }
+}
+
+/// An entry a script reported as `!<error>`: the error Redis raised for that one task (e.g.
+/// `WRONGTYPE …`), as the client would have read it.
+fn item_error(value: &redis::Value) -> Option<redis::RedisError> {
+    let message = text(value);
+    let message = message.strip_prefix('!')?;
+    let wire = format!("-{}\r\n", message.replace(['\r', '\n'], " "));
+    Some(match redis::parse_redis_value(wire.as_bytes()) {
+        Ok(redis::Value::ServerError(err)) => err.into(),
+        _ => unexpected(message),
+    })
+}
+
+fn verdict(value: redis::Value) -> redis::RedisResult<Begun> {
+    if let Some(err) = item_error(&value) {
+        return Err(err);
+    }
+    let parts = array(value)?;
+    let field = |i: usize| parts.get(i).map(text).unwrap_or_default();
+    let (a, b) = (field(1), field(2));
+    Ok(match field(0).as_str() {
+        "run" => Begun::Run {
+            attempts: a.parse().unwrap_or(1),
+            cancelled: !b.is_empty(),
+        },
+        "exhausted" => Begun::Exhausted {
+            attempts: a.parse().unwrap_or(u32::MAX),
+        },
+        "parked" => Begun::Parked { holder: a },
+        "finished" => Begun::Finished { status: a },
+        "blocked" => Begun::Blocked,
+        "duplicate" => Begun::Duplicate {
+            first: a,
+            result: b,
+        },
+        "idem_wait" => Begun::IdempotencyWait { first: a },
+        "broken" => Begun::Broken,
+        _ => Begun::Superseded,
+    })
+}
+
+fn parse_ticked(reply: redis::Value) -> redis::RedisResult<Ticked> {
+    let mut parts = array(reply)?.into_iter();
+    let mut next = || array(parts.next().unwrap_or(redis::Value::Nil));
+    let (finished, begun, claimed, peeked) = (next()?, next()?, next()?, next()?);
+    let finished = finished
+        .iter()
+        .map(|v| match item_error(v) {
+            Some(err) => Err(err),
+            None => Ok(matches!(v, redis::Value::Int(1))),
+        })
+        .collect();
+    let begun = begun.into_iter().map(verdict).collect();
+    let mut taken = Vec::new();
+    for entry in claimed {
+        let mut fields = array(entry)?.into_iter();
+        let mut field = || fields.next().unwrap_or(redis::Value::Nil);
+        let handle = text(&field());
+        let fence = text(&field()).parse().unwrap_or(0);
+        let list = text(&field());
+        let hint = text(&field()).parse::<usize>().unwrap_or(0);
+        let body = bytes(field());
+        let begun = (hint > 0).then(|| (hint - 1, verdict(field())));
+        taken.push(Taken {
+            claimed: Claimed {
+                handle,
+                fence,
+                list,
+                body,
+            },
+            begun,
+        });
+    }
+    let mut peeked_bodies = Vec::new();
+    let mut pairs = peeked.into_iter();
+    while let (Some(list), Some(body)) = (pairs.next(), pairs.next()) {
+        peeked_bodies.push((text(&list), bytes(body)));
+    }
+    Ok(Ticked {
+        finished,
+        begun,
+        taken,
+        peeked: peeked_bodies,
+    })
 }
 
 /// The idempotency record of `task`, scoped by its user and type; `None` without a key.

@@ -11,7 +11,7 @@ use tracing::{Instrument, info_span, warn};
 use super::{MAX_ATTEMPTS_CAP, Worker, stand_in};
 use crate::handlers::Handler;
 use crate::progress::{ATTEMPTS_PLACEHOLDER, Update};
-use crate::queue::{Begun, Claimed, DeadLetter, Then};
+use crate::queue::{Begun, Claimed, DeadLetter, Finish, Then};
 use crate::queues::Policy;
 use crate::task::{Task, TaskStatus};
 
@@ -120,6 +120,7 @@ impl Worker {
                 &task,
                 None,
                 None,
+                None,
                 update,
                 Then::DeadLetter(&entry),
             )
@@ -193,12 +194,12 @@ impl Worker {
     /// Dead-letters a task without touching its hash, for when Redis refuses to write the hash
     /// (e.g. `task:<id>` is not a hash): the task is kept, with why, rather than left in flight.
     pub(super) async fn abandon(&self, claimed: &Claimed, entry: &DeadLetter) {
-        let then = Then::DeadLetter(entry);
+        let finish = Finish::new(claimed, None, None, &Then::DeadLetter(entry), None);
         let kept = self
             .retry_redis(
                 "dead-letter the task",
                 |_| false,
-                || self.queue.finish(claimed, None, None, &then, None),
+                || self.finish(finish.clone()),
             )
             .await;
         if kept.is_none() {

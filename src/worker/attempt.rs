@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use serde_json::Value;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use super::admission::Prepared;
@@ -17,7 +18,7 @@ use super::{Backoff, MAX_TIMEOUT_S, ROLLBACK_GRACE, Worker, is_final};
 use crate::context::TaskContext;
 use crate::handlers::Handler;
 use crate::progress::Update;
-use crate::queue::{Claimed, DeadLetter, Then};
+use crate::queue::{Claimed, DeadLetter, Finish, Then};
 use crate::task::{Task, TaskError, TaskStatus};
 
 /// How the handler run ended.
@@ -28,14 +29,28 @@ enum Ran {
 
 impl Worker {
     /// Runs attempt `attempts` of a begun task to its end.
-    pub(super) async fn attempt(self: Arc<Self>, p: Prepared, attempts: u32, cancelled: bool) {
+    /// Runs attempt `attempts` of a begun task to its end. Its slot (`permit`) is free once the
+    /// handler returned: the outcome is written alongside the next tasks.
+    pub(super) async fn attempt(
+        self: Arc<Self>,
+        p: Prepared,
+        attempts: u32,
+        cancelled: bool,
+        permit: OwnedSemaphorePermit,
+    ) {
         let span = info_span!("task", id = %p.task.id, r#type = %p.task.task_type, fence = p.claimed.fence);
-        self.attempt_inner(p, attempts, cancelled)
+        self.attempt_inner(p, attempts, cancelled, permit)
             .instrument(span)
             .await
     }
 
-    async fn attempt_inner(&self, p: Prepared, attempts: u32, cancelled: bool) {
+    async fn attempt_inner(
+        &self,
+        p: Prepared,
+        attempts: u32,
+        cancelled: bool,
+        permit: OwnedSemaphorePermit,
+    ) {
         let started = Instant::now();
         let ctx = Arc::new(
             TaskContext::new(
@@ -62,6 +77,7 @@ impl Worker {
             .map(|s| Duration::from_secs(s.clamp(1, MAX_TIMEOUT_S)))
             .unwrap_or(p.policy.timeout);
         let ran = run_with_timeout(&*p.handler, &ctx, timeout).await;
+        drop(permit);
         let result = match ran {
             Ran::Returned(result) => result,
             Ran::TimedOut(after) => Err(TaskError::Retryable(format!(
@@ -196,11 +212,14 @@ impl Worker {
         update: Update<'_>,
         then: Then<'_>,
     ) {
+        // With a context, the attempt began and ran (it holds a lock only if it has a resource).
+        let ran = ctx.map(|_| p.resource.is_some());
         self.conclude(
             &p.claimed,
             &p.task,
             p.new_body.as_deref(),
             ctx,
+            ran,
             update,
             then,
         )
@@ -210,25 +229,30 @@ impl Worker {
     /// Writes an outcome, retried until it lands, the claim is found lost (nothing written: a
     /// newer attempt owns the task), or the worker stops for good (the claim is then recovered
     /// when its lease runs out). If Redis refuses the task's hash, the task is dead-lettered.
+    /// `ran`: the attempt began and ran, on a resource or not.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn conclude(
         &self,
         claimed: &Claimed,
         task: &Task,
         new_body: Option<&str>,
         ctx: Option<&TaskContext>,
+        ran: Option<bool>,
         update: Update<'_>,
         then: Then<'_>,
     ) {
         if let Some(ctx) = ctx {
             ctx.settle();
         }
+        let finish = Finish::new(claimed, Some(task), Some(&update), &then, new_body);
+        let finish = match ran {
+            Some(has_resource) => finish.after_run(has_resource),
+            None => finish,
+        };
         let mut backoff = Backoff::new();
         let mut tries = 0u32;
         loop {
-            let finish = self
-                .queue
-                .finish(claimed, Some(task), Some(&update), &then, new_body);
-            match crate::replication::replicated(&self.services.config, finish).await {
+            match self.finish(finish.clone()).await {
                 Ok(true) => {
                     self.metrics.redis_ok();
                     return;

@@ -1,16 +1,19 @@
 //! The loops beside the claim loop: lease renewal of running attempts (one call per worker),
 //! recovery of expired leases (one reaper per deployment, with a grace after Redis trouble), the
 //! promoter of delayed tasks (one per deployment, sleeping until the next due time), the cancel
-//! listener, the idle waiters that wake the claim loop, heartbeats and queue-depth sampling.
+//! listener, the listener's role (one idle worker per deployment blocks on the lists, the others on
+//! a baton) and its waiters, which hand the exchange loop the body a push brought, heartbeats and
+//! queue-depth sampling.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use super::claim::Wanting;
 use super::{Backoff, Worker, stand_in};
 use crate::connections;
 use crate::keys;
@@ -19,10 +22,12 @@ use crate::queue::{DeadLetter, Expired, Recovery};
 use crate::shutdown::Shutdown;
 use crate::task::{Task, TaskStatus};
 
-/// How long each waiter blocks before it re-issues its `BLMOVE`.
-const WAIT_SLICE_S: f64 = 1.0;
-/// Longest the promoter sleeps (a retry delayed meanwhile is noticed within it).
-const PROMOTER_NAP: Duration = Duration::from_millis(250);
+/// How long each blocking wait lasts before it is issued again.
+const WAIT_SLICE: Duration = Duration::from_secs(1);
+/// Leadership TTL of the listener: a listener that froze hands over within it.
+const LISTENER_TTL: Duration = Duration::from_secs(3);
+/// Longest the promoter sleeps: a third of its leadership TTL, so it keeps the role.
+const PROMOTER_NAP: Duration = Duration::from_secs(1);
 /// Leadership TTL of the promoter.
 const PROMOTER_LEAD_TTL: Duration = Duration::from_secs(3);
 /// Most expired claims recovered per reaper pass.
@@ -32,8 +37,8 @@ impl Worker {
     pub(super) fn spawn_background(
         self: &Arc<Self>,
         stop: &Shutdown,
-        wake: &Arc<Notify>,
-        idle: &watch::Receiver<u64>,
+        wakes: &mpsc::UnboundedSender<(String, Vec<u8>)>,
+        wanting: &watch::Receiver<Wanting>,
     ) -> JoinSet<()> {
         let mut loops = JoinSet::new();
         loops.spawn(self.clone().heartbeat_loop(stop.clone()));
@@ -42,13 +47,21 @@ impl Worker {
         loops.spawn(self.clone().promoter_loop(stop.clone()));
         loops.spawn(self.clone().cancel_listener(stop.clone()));
         loops.spawn(self.clone().sampler_loop(stop.clone()));
+        let (listening_tx, listening) = watch::channel(false);
+        loops.spawn(
+            self.clone()
+                .listener_role(wanting.clone(), listening_tx, stop.clone()),
+        );
         let mut lists = vec![keys::READY.to_string()];
         lists.extend(self.queue.order().iter().cloned());
         for list in lists {
-            loops.spawn(
-                self.clone()
-                    .waiter(list, idle.clone(), wake.clone(), stop.clone()),
-            );
+            loops.spawn(self.clone().waiter(
+                list,
+                wanting.clone(),
+                listening.clone(),
+                wakes.clone(),
+                stop.clone(),
+            ));
         }
         loops
     }
@@ -187,32 +200,73 @@ impl Worker {
     }
 
     /// One promoter per deployment: moves due delayed tasks back and sleeps until the next one is
-    /// due (at most [`PROMOTER_NAP`]); the others check every second whether it is still there.
+    /// due, or until the finish step announces an earlier one (on [`keys::PROMOTE_CHANNEL`]); it
+    /// wakes at least every third of its leadership TTL to keep the role. The others check every
+    /// second whether it is still there.
     async fn promoter_loop(self: Arc<Self>, stop: Shutdown) {
+        let mut announcements = None;
         loop {
-            let nap = match self
+            let led = match self
                 .queue
                 .lead(keys::PROMOTER_LEAD, PROMOTER_LEAD_TTL)
                 .await
             {
-                Ok(true) => match self.queue.promote_due().await {
-                    Ok((_, next)) => next.unwrap_or(PROMOTER_NAP).min(PROMOTER_NAP),
-                    Err(err) => {
-                        debug!(error = %err, "promoting delayed tasks failed");
-                        PROMOTER_NAP
-                    }
-                },
-                Ok(false) => Duration::from_secs(1),
+                Ok(led) => led,
                 Err(err) => {
                     debug!(error = %err, "promoter cannot take the lead");
-                    Duration::from_secs(1)
+                    false
                 }
             };
-            tokio::select! {
-                _ = tokio::time::sleep(nap.max(Duration::from_millis(1))) => {}
-                _ = stop.wait() => return,
+            if !led {
+                announcements = None;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.wait() => return,
+                }
+                continue;
+            }
+            if announcements.is_none() {
+                // Subscribed before reading the next due time, so no announcement falls between.
+                announcements = self.announcements().await;
+            }
+            let nap = match self.queue.promote_due().await {
+                Ok((_, next)) => next.unwrap_or(PROMOTER_NAP).min(PROMOTER_NAP),
+                Err(err) => {
+                    debug!(error = %err, "promoting delayed tasks failed");
+                    Duration::from_millis(250)
+                }
+            };
+            let nap = nap.max(Duration::from_millis(1));
+            match announcements.as_mut() {
+                Some(stream) => tokio::select! {
+                    message = stream.next() => if message.is_none() { announcements = None },
+                    _ = tokio::time::sleep(nap) => {}
+                    _ = stop.wait() => return,
+                },
+                None => tokio::select! {
+                    _ = tokio::time::sleep(nap.min(Duration::from_millis(250))) => {}
+                    _ = stop.wait() => return,
+                },
             }
         }
+    }
+
+    /// The announcements of earlier retries, when a subscription can be made.
+    async fn announcements(
+        &self,
+    ) -> Option<std::pin::Pin<Box<dyn futures::Stream<Item = redis::Msg> + Send>>> {
+        let mut pubsub = match self.client.get_async_pubsub().await {
+            Ok(pubsub) => pubsub,
+            Err(err) => {
+                debug!(error = %err, "promoter cannot subscribe");
+                return None;
+            }
+        };
+        if let Err(err) = pubsub.subscribe(keys::PROMOTE_CHANNEL).await {
+            debug!(error = %err, "promoter cannot subscribe");
+            return None;
+        }
+        Some(Box::pin(pubsub.into_on_message()))
     }
 
     async fn heartbeat_loop(self: Arc<Self>, stop: Shutdown) {
@@ -308,23 +362,117 @@ impl Worker {
         }
     }
 
-    /// Blocks on `list` while the claim loop is idle and wakes it when the list gets a task.
+    /// Holds the listener's role while this worker wants tasks it cannot find: one idle worker
+    /// per deployment (`{orch}:lead:listener`) blocks on the queue lists, the others on the baton,
+    /// so one push wakes one worker. The listener keeps the role while it has free slots and
+    /// hands it over (one token on the baton wakes one idle worker) once it is full or stops. A
+    /// listener that froze loses the role when its lease runs out; meanwhile idle workers still
+    /// claim every [`super::claim`] idle poll.
+    async fn listener_role(
+        self: Arc<Self>,
+        mut wanting: watch::Receiver<Wanting>,
+        listening: watch::Sender<bool>,
+        stop: Shutdown,
+    ) {
+        let mut conn = None;
+        let mut leading = false;
+        loop {
+            if stop.is_triggered() {
+                break;
+            }
+            let open = wanting.borrow_and_update().open;
+            if !open {
+                if leading {
+                    leading = false;
+                    listening.send_replace(false);
+                    if let Err(err) = self.queue.resign(keys::LISTENER_LEAD, keys::BATON).await {
+                        debug!(error = %err, "cannot hand the listener's role over");
+                    }
+                }
+                tokio::select! {
+                    _ = wanting.changed() => {}
+                    _ = stop.wait() => break,
+                }
+                continue;
+            }
+            match self.queue.lead(keys::LISTENER_LEAD, LISTENER_TTL).await {
+                Ok(true) => {
+                    leading = true;
+                    listening.send_replace(true);
+                    // Renewed a third of its lease apart; handed over as soon as it is full.
+                    tokio::select! {
+                        _ = tokio::time::sleep(LISTENER_TTL / 3) => {}
+                        _ = wanting.wait_for(|w| !w.open) => {}
+                        _ = stop.wait() => break,
+                    }
+                }
+                Ok(false) => {
+                    leading = false;
+                    listening.send_replace(false);
+                    // Another worker listens: wait for its baton (or the slice, then look again).
+                    if conn.is_none() {
+                        conn = connections::blocking(&self.client).await.ok();
+                    }
+                    let Some(connection) = conn.as_mut() else {
+                        tokio::select! {
+                            _ = tokio::time::sleep(WAIT_SLICE) => {}
+                            _ = stop.wait() => break,
+                        }
+                        continue;
+                    };
+                    let mut pop = redis::cmd("BLPOP");
+                    pop.arg(keys::BATON).arg(WAIT_SLICE.as_secs_f64());
+                    tokio::select! {
+                        popped = pop.query_async::<Option<(String, String)>>(connection) => {
+                            if let Err(err) = popped {
+                                debug!(error = %err, "baton wait lost its connection");
+                                conn = None;
+                            }
+                        }
+                        _ = stop.wait() => break,
+                    }
+                }
+                Err(err) => {
+                    debug!(error = %err, "cannot take the listener's role");
+                    tokio::select! {
+                        _ = tokio::time::sleep(WAIT_SLICE) => {}
+                        _ = stop.wait() => break,
+                    }
+                }
+            }
+        }
+        if leading {
+            let _ = self.queue.resign(keys::LISTENER_LEAD, keys::BATON).await;
+        }
+    }
+
+    /// While this worker listens and wants tasks, blocks on `list` and hands the body at its pop
+    /// end to the exchange loop, which claims it and records "processing" in one call. The wait
+    /// is a rotation of the list onto itself: it changes nothing and takes nothing, so a task is
+    /// never held by a waiter, and only the one listener per deployment is woken by a push.
     async fn waiter(
         self: Arc<Self>,
         list: String,
-        mut idle: watch::Receiver<u64>,
-        wake: Arc<Notify>,
+        mut wanting: watch::Receiver<Wanting>,
+        mut listening: watch::Receiver<bool>,
+        wakes: mpsc::UnboundedSender<(String, Vec<u8>)>,
         stop: Shutdown,
     ) {
         let mut seen = 0u64;
         let mut conn = None;
         let mut backoff = Backoff::new();
         loop {
-            let changed = tokio::select! {
-                changed = idle.wait_for(|generation| *generation > seen) => changed.map(|g| *g),
-                _ = stop.wait() => return,
+            let generation = loop {
+                let w = *wanting.borrow_and_update();
+                if w.open && w.generation > seen && *listening.borrow_and_update() {
+                    break w.generation;
+                }
+                tokio::select! {
+                    changed = wanting.changed() => if changed.is_err() { return },
+                    changed = listening.changed() => if changed.is_err() { return },
+                    _ = stop.wait() => return,
+                }
             };
-            let Ok(generation) = changed else { return };
             if conn.is_none() {
                 match connections::blocking(&self.client).await {
                     Ok(c) => conn = Some(c),
@@ -341,23 +489,22 @@ impl Worker {
             let Some(connection) = conn.as_mut() else {
                 continue;
             };
-            // A rotation of the list onto itself: changes nothing, returns when it holds a task.
             let mut rotate = redis::cmd("BLMOVE");
             rotate
                 .arg(&list)
                 .arg(&list)
                 .arg("RIGHT")
                 .arg("RIGHT")
-                .arg(WAIT_SLICE_S);
+                .arg(WAIT_SLICE.as_secs_f64());
             let moved = tokio::select! {
                 moved = rotate.query_async::<Option<Vec<u8>>>(connection) => moved,
                 _ = stop.wait() => return,
             };
             match moved {
-                Ok(Some(_)) => {
+                Ok(Some(body)) => {
                     backoff.reset();
                     seen = generation;
-                    wake.notify_one();
+                    let _ = wakes.send((list.clone(), body));
                 }
                 Ok(None) => backoff.reset(),
                 Err(err) => {

@@ -2,14 +2,16 @@
 //! `concurrency` of them at once, and owns everything around a handler.
 //!
 //! By responsibility:
-//! - [`claim`](self): the claim loop: claims batches, begins them in claim order, starts attempts;
-//!   and graceful shutdown.
+//! - `claim`: the exchange loop: every claim, begin and finish of the worker in one script call
+//!   per batch (outcomes written, tasks begun, new ones claimed and begun at once when prepared
+//!   beforehand); starts attempts; graceful shutdown.
 //! - `admission`: what is checked before a handler runs (envelope, schema, handler, attempts,
 //!   idempotency), and what is settled without running it (rejects, duplicates).
 //! - `attempt`: one attempt's lifecycle: context, timeout, cancellation, outcome, and the
 //!   finishing write retried until it lands or the claim is found lost.
 //! - `background`: lease renewal, recovery of expired leases, the promoter, the cancel listener,
-//!   the idle waiters, heartbeats and queue-depth sampling.
+//!   the listener role and its waiters (one idle worker per deployment blocks on the lists, so one
+//!   push wakes one worker), heartbeats and queue-depth sampling.
 //!
 //! Redis failures never stop a worker: every infrastructure error (connection, timeout, LOADING,
 //! BUSY, MISCONF, OOM, NOREPLICAS, READONLY, unknown codes) is waited out; only an error about the
@@ -59,6 +61,10 @@ pub struct Worker {
     in_flight: Mutex<HashMap<String, Arc<TaskContext>>>,
     /// Set when the shutdown grace is over: cancelled tasks are then put back, not marked cancelled.
     draining: AtomicBool,
+    /// Outcomes of attempts, for the exchange loop to write (see `claim`).
+    outcomes_tx: tokio::sync::mpsc::UnboundedSender<claim::Outcome>,
+    /// Taken by the exchange loop when it starts.
+    outcomes_rx: StdMutex<Option<tokio::sync::mpsc::UnboundedReceiver<claim::Outcome>>>,
     /// When a Redis call of this worker last failed: the reaper waits a lease after it, so the
     /// leases that could not be renewed meanwhile are not taken for dead workers.
     trouble: StdMutex<Option<Instant>>,
@@ -86,8 +92,11 @@ impl Worker {
             definitions.claim_order(),
             config.worker.lease(),
         );
+        let (outcomes_tx, outcomes_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(Arc::new(Self {
             id,
+            outcomes_tx,
+            outcomes_rx: StdMutex::new(Some(outcomes_rx)),
             services,
             registry,
             definitions,

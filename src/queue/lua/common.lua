@@ -35,10 +35,11 @@ local function unblock()
   end
 end
 
-local function drop_claim(handle)
+-- Drops handle's claim. `begun`: it began (then it is not in the begin order any more).
+local function drop_claim(handle, begun)
   redis.call('HDEL', CLAIMS, handle)
   redis.call('ZREM', LEASES, handle)
-  if redis.call('ZREM', UNBEGUN, handle) == 1 then unblock() end
+  if not begun and redis.call('ZREM', UNBEGUN, handle) == 1 then unblock() end
 end
 
 -- Whether a claim older than `order` has not begun yet (it may be of the same resource). Live
@@ -96,13 +97,16 @@ local function requeue(handle, list)
   forget(handle)
 end
 
--- Replaces the attempts placeholder (4294967295) in record arguments, messages and events (they
--- carry no payload, so the number stands for nothing else).
+-- Replaces the attempts placeholder (4294967295) in record arguments: the event (2), the message
+-- (17) and the attempts field (21) are where `progress::record_args` puts it (they carry no
+-- payload, so the number stands for nothing else).
 local function patch(a, attempts)
   local n = tostring(attempts)
-  for i = 1, #a do
-    local v = string.gsub(a[i], '4294967295', n)
-    a[i] = v
+  for _, i in ipairs({2, 17, 21}) do
+    if a[i] then
+      local v = string.gsub(a[i], '4294967295', n)
+      a[i] = v
+    end
   end
   return a
 end

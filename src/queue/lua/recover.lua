@@ -17,7 +17,7 @@ local queued, failed = {}, {}
 for i = 1, k do queued[i] = ARGV[5 + i] end
 for i = 6 + k, #ARGV do failed[#failed + 1] = ARGV[i] end
 local unbegun = redis.call('ZSCORE', UNBEGUN, handle)
-drop_claim(handle)
+drop_claim(handle, false)
 if n > max then
   record(KEYS[13], patch(failed, attempts))
   release(handle)
