@@ -15,7 +15,10 @@
 //! Run with `cargo bench --bench queue` (figures printed; nothing asserted). BullMQ is installed on
 //! first use into `benches/bullmq/node_modules` by `npm install` (only when the bench runs: `cargo
 //! test` builds this binary but never runs it). Environment: `BENCH_TASKS` (default 20000),
-//! `BENCH_CONCURRENCY` (default 16), `BENCH_ROUNDS` (default 3), `BENCH_BULLMQ=0` to skip BullMQ, `BENCH_HERD_WORKERS` (default 4).
+//! `BENCH_CONCURRENCY` (default 16), `BENCH_ROUNDS` (default 3), `BENCH_BULLMQ=0` to skip BullMQ, `BENCH_HERD_WORKERS` (default 4),
+//! `BENCH_FSYNC` (default `always,everysec`: the AOF policies to run), `BENCH_PARTS` (default
+//! `throughput,pickup,herd`: which parts to run), `BENCH_BREAKDOWN=1` (Redis's time per command in
+//! the worker's throughput rounds).
 
 #[path = "../tests/common/redis_server.rs"]
 #[allow(dead_code)]
@@ -180,6 +183,8 @@ async fn raw_pickup(server: &RedisServer, samples: usize) -> Vec<Duration> {
 struct RedisStats {
     cpu_us: f64,
     calls: std::collections::HashMap<String, u64>,
+    /// µs Redis spent per command (a script's own figure includes the commands it ran).
+    usec: std::collections::HashMap<String, u64>,
 }
 
 /// Commands a client sends that are one round trip each (scripts, blocking pops); the others a
@@ -217,7 +222,13 @@ impl RedisStats {
                     .find_map(|f| f.strip_prefix("calls="))
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
+                let usec = fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix("usec="))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
                 stats.calls.insert(name.to_string(), calls);
+                stats.usec.insert(name.to_string(), usec);
             }
         }
         stats
@@ -229,9 +240,14 @@ impl RedisStats {
         for (name, n) in calls.iter_mut() {
             *n -= before.calls.get(name).copied().unwrap_or(0).min(*n);
         }
+        let mut usec = self.usec.clone();
+        for (name, n) in usec.iter_mut() {
+            *n -= before.usec.get(name).copied().unwrap_or(0).min(*n);
+        }
         Self {
             cpu_us: self.cpu_us - before.cpu_us,
             calls,
+            usec,
         }
     }
 
@@ -290,6 +306,21 @@ async fn through_worker(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
+    if std::env::var_os("BENCH_BREAKDOWN").is_some() {
+        let spent = RedisStats::read(&mut conn).await.since(&before);
+        let mut rows: Vec<_> = spent.calls.iter().filter(|(_, c)| **c > 0).collect();
+        rows.sort_by_key(|(name, _)| {
+            std::cmp::Reverse(spent.usec.get(*name).copied().unwrap_or(0))
+        });
+        for (name, calls) in rows {
+            let usec = spent.usec.get(name).copied().unwrap_or(0);
+            println!(
+                "      {name:<16} {:>7.2} calls/task {:>7.2} µs/task",
+                *calls as f64 / n as f64,
+                usec as f64 / n as f64
+            );
+        }
+    }
     let client_cpu_us = (cpu_us(pid) - worker_cpu) / n as f64;
     let spent = RedisStats::read(&mut conn).await.since(&before);
     // The bench's own polls (2 LLEN + 2 ZCARD each), the RENAME and the INFO are not the worker's.
@@ -553,12 +584,18 @@ async fn main() {
     let mut all = Vec::new();
     // The test harness's Redis fsyncs the AOF on every write (`always`): throughput is then
     // bounded by the disk's fsync latency. `everysec` is the AOF policy production runs.
-    for policy in ["always", "everysec"] {
+    let policies: Vec<String> = std::env::var("BENCH_FSYNC")
+        .map(|v| v.split(',').map(str::to_string).collect())
+        .unwrap_or_else(|_| vec!["always".into(), "everysec".into()]);
+    for policy in policies.iter().map(String::as_str) {
         set_fsync(&mut conn, policy).await;
         // Throughput, interleaved rounds: raw, the worker, BullMQ, each on the same Redis.
         let (mut raw, mut ours, mut bull) = (Vec::new(), Vec::new(), Vec::new());
         let (mut ours_per, mut bull_per) = (Vec::new(), Vec::new());
-        for _ in 0..rounds {
+        let parts =
+            std::env::var("BENCH_PARTS").unwrap_or_else(|_| "throughput,pickup,herd".into());
+        let part = |name: &str| parts.split(',').any(|p| p == name);
+        for _ in 0..if part("throughput") { rounds } else { 0 } {
             let _: () = redis::cmd("FLUSHALL")
                 .query_async(&mut conn)
                 .await
@@ -576,11 +613,24 @@ async fn main() {
                 bull_per.push(per);
             }
         }
-        let raw_wake = raw_pickup(&server, 300).await;
-        let (pickup, end_to_end, idle) = pickup(&server, concurrency, 300).await;
-        idle_rss = idle;
+        let (raw_wake, pickup, end_to_end) = if part("pickup") {
+            let raw_wake = raw_pickup(&server, 300).await;
+            let (pickup, end_to_end, idle) = pickup(&server, concurrency, 300).await;
+            idle_rss = idle;
+            (raw_wake, pickup, end_to_end)
+        } else {
+            (
+                vec![Duration::ZERO],
+                vec![Duration::ZERO],
+                vec![Duration::ZERO],
+            )
+        };
         let herd_workers = env_or("BENCH_HERD_WORKERS", 4);
-        let herd = herd(&server, herd_workers, 50).await;
+        let herd = if part("herd") {
+            herd(&server, herd_workers, 50).await
+        } else {
+            (0.0, 0.0)
+        };
         set_fsync(&mut conn, policy).await;
         all.push((
             policy,
