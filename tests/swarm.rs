@@ -96,13 +96,7 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
     let ingress_service = IngressService::create(&format!("sw-ingress-svc-{}", std::process::id()));
 
     // Provisioned: served over HTTPS with the Pebble certificate as soon as the task completes.
-    let (result, took) = run(
-        &stack,
-        "team.provision",
-        &slug,
-        json!({"certificate": true}),
-    )
-    .await;
+    let (result, took) = run(stack, "team.provision", slug, json!({"certificate": true})).await;
     println!("swarm provision with certificate: {took:?}");
     let page = curl_https(traefik.https_port, &host, "/", Some(&pebble_root));
     assert_eq!(page.status, 200, "{page:?}\n{}", traefik.log());
@@ -121,7 +115,7 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
     // health, the overlay network, replicas, start-first updates with automatic rollback, and the
     // stateful api pinned to the node of its volume.
     assert_eq!(
-        services_of(&slug),
+        services_of(slug),
         vec![format!("team-{slug}-api"), format!("team-{slug}-web")]
     );
     let api = inspect_service(&format!("team-{slug}-api"));
@@ -189,7 +183,7 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
         .unwrap();
     assert!(
         engine
-            .owned_containers(Some((orchestrator::templates::Kind::Team, &slug)))
+            .owned_containers(Some((orchestrator::templates::Kind::Team, slug)))
             .await
             .unwrap()
             .is_empty()
@@ -204,7 +198,7 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
         &engine,
         &services,
         orchestrator::templates::Kind::Team,
-        &slug,
+        slug,
     )
     .await
     .unwrap();
@@ -218,13 +212,7 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
         &["/", "/api/health"],
         Some(pebble_root.clone()),
     );
-    let (result, took) = run(
-        &stack,
-        "team.provision",
-        &slug,
-        json!({"certificate": true}),
-    )
-    .await;
+    let (result, took) = run(stack, "team.provision", slug, json!({"certificate": true})).await;
     println!("swarm rolling update: {took:?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let answers = load.stop();
@@ -241,11 +229,11 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
             .replace("http://127.0.0.1:80/", "http://127.0.0.1:9/nothing")
     });
     let load = Load::start(traefik.https_port, &host, &["/"], Some(pebble_root.clone()));
-    let error = run_failing(&stack, "team.provision", &slug).await;
+    let error = run_failing(stack, "team.provision", slug).await;
     let answers = load.stop();
     assert!(error.contains("rolled it back"), "{error}");
     all_answered(&answers, "v2");
-    assert_eq!(services_of(&slug).len(), 2);
+    assert_eq!(services_of(slug).len(), 2);
     eventually("the rollback to finish", Duration::from_secs(60), || {
         let state = inspect_service(&format!("team-{slug}-web"))["UpdateStatus"]["State"].clone();
         async move { (state == "rollback_completed").then_some(()) }
@@ -271,20 +259,14 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
             .any(|d| d.slug == *slug && d.problem.contains(&problem)),
         "{report}"
     );
-    run(
-        &stack,
-        "team.provision",
-        &slug,
-        json!({"certificate": true}),
-    )
-    .await;
+    run(stack, "team.provision", slug, json!({"certificate": true})).await;
     let report = orchestrator::docker::teams::reconcile(&engine, &services, false)
         .await
         .unwrap();
     assert!(!report.drift.iter().any(|d| d.slug == *slug), "{report}");
 
     // Suspend scales to 0 (the routes go), resume scales back (answering at once).
-    run(&stack, "team.suspend", &slug, json!({})).await;
+    run(stack, "team.suspend", slug, json!({})).await;
     let web = inspect_service(&format!("team-{slug}-web"));
     assert_eq!(web["Spec"]["Mode"]["Replicated"]["Replicas"], 0);
     eventually("the routes to go", Duration::from_secs(30), || {
@@ -292,7 +274,7 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
         async move { (status == 404).then_some(()) }
     })
     .await;
-    run(&stack, "team.resume", &slug, json!({})).await;
+    run(stack, "team.resume", slug, json!({})).await;
     let web = inspect_service(&format!("team-{slug}-web"));
     assert_eq!(web["Spec"]["Mode"]["Replicated"]["Replicas"], 2);
     let page = curl_https(traefik.https_port, &host, "/api/health", Some(&pebble_root));
@@ -306,7 +288,7 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
         &["/", "/api/health"],
         Some(pebble_root.clone()),
     );
-    let (_, took) = run(&stack, "team.restart", &slug, json!({})).await;
+    let (_, took) = run(stack, "team.restart", slug, json!({})).await;
     println!("swarm restart: {took:?}");
     eventually("new tasks", Duration::from_secs(60), || {
         let now = docker(&[
@@ -326,9 +308,9 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
     all_answered(&load.stop(), "v2");
 
     // Delete removes the services and the network; the data volume stays without purge_data.
-    let (result, _) = run(&stack, "team.delete", &slug, json!({})).await;
+    let (result, _) = run(stack, "team.delete", slug, json!({})).await;
     assert_eq!(result["network_removed"], true, "{result:#}");
-    assert!(services_of(&slug).is_empty());
+    assert!(services_of(slug).is_empty());
     // Swarm removes the node's copy of an overlay network a moment after the cluster's.
     eventually("the overlay network to go", Duration::from_secs(20), || {
         let gone = !docker(&["network", "inspect", &format!("team-{slug}-net")]).1;
@@ -336,12 +318,12 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
     })
     .await;
     assert!(!ingress_service.attached_to(&format!("team-{slug}-net")));
-    assert_eq!(volumes_of(&slug), vec![format!("team-{slug}-data")]);
+    assert_eq!(volumes_of(slug), vec![format!("team-{slug}-data")]);
     eventually(
         "the tasks' containers to go",
         Duration::from_secs(30),
         || {
-            let left = containers_of(&slug).is_empty()
+            let left = containers_of(slug).is_empty()
                 && docker(&["ps", "-aq", "--filter", &format!("name=team-{slug}-")])
                     .0
                     .is_empty();
@@ -349,7 +331,7 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
         },
     )
     .await;
-    let (result, _) = run(&stack, "team.delete", &slug, json!({"purge_data": true})).await;
+    let (result, _) = run(stack, "team.delete", slug, json!({"purge_data": true})).await;
     assert_eq!(
         result["volumes_removed"],
         json!([format!("team-{slug}-data")])

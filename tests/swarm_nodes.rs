@@ -64,13 +64,7 @@ async fn a_teams_replicas_on_two_nodes_are_served_through_one_traefik() {
     let (slug, stack, traefik) = (&team.slug, &team.stack, &team.traefik);
     let pebble_root = team.pebble_root();
     let host = team.host();
-    let (_, took) = run(
-        &stack,
-        "team.provision",
-        &slug,
-        json!({"certificate": true}),
-    )
-    .await;
+    let (_, took) = run(stack, "team.provision", slug, json!({"certificate": true})).await;
     println!("two-node swarm provision with certificate: {took:?}");
 
     // The web service's two tasks run on both nodes (Swarm spreads a service's tasks); the
@@ -118,6 +112,6 @@ async fn a_teams_replicas_on_two_nodes_are_served_through_one_traefik() {
     let page = curl_https(traefik.https_port, &host, "/", Some(&pebble_root));
     assert!(page.body.contains(&format!("Team {slug}")), "{page:?}");
 
-    run(&stack, "team.delete", &slug, json!({"purge_data": true})).await;
+    run(stack, "team.delete", slug, json!({"purge_data": true})).await;
     team.stop().await;
 }
