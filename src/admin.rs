@@ -225,15 +225,32 @@ pub async fn status(pool: &Pool, lists: &[String]) -> Result<Status, AdminError>
 /// The dead-letter entries, newest first (at most `limit`).
 pub async fn dead_list(pool: &Pool, limit: usize) -> Result<Vec<DeadLetter>, AdminError> {
     let mut conn = pool.get().await?;
+    Ok(dead_entries(&mut conn, limit.max(1) as i64 - 1)
+        .await?
+        .into_iter()
+        .map(|(_, entry)| entry)
+        .collect())
+}
+
+/// The dead-letter entries up to index `last` (-1: all), newest first, each with its text as
+/// stored (what `LREM` needs to remove exactly that entry); an entry that does not parse is
+/// passed over.
+async fn dead_entries(
+    conn: &mut deadpool_redis::Connection,
+    last: i64,
+) -> Result<Vec<(String, DeadLetter)>, AdminError> {
     let raw: Vec<String> = redis::cmd("LRANGE")
         .arg(keys::DEAD_LETTER)
         .arg(0)
-        .arg(limit.max(1) as i64 - 1)
-        .query_async(&mut conn)
+        .arg(last)
+        .query_async(conn)
         .await?;
     Ok(raw
-        .iter()
-        .filter_map(|entry| serde_json::from_str(entry).ok())
+        .into_iter()
+        .filter_map(|text| {
+            let entry = serde_json::from_str(&text).ok()?;
+            Some((text, entry))
+        })
         .collect())
 }
 
@@ -241,17 +258,8 @@ pub async fn dead_list(pool: &Pool, limit: usize) -> Result<Vec<DeadLetter>, Adm
 /// their attempts. Returns the ids retried.
 pub async fn dead_retry(pool: &Pool, id: Option<&str>) -> Result<Vec<String>, AdminError> {
     let mut conn = pool.get().await?;
-    let raw: Vec<String> = redis::cmd("LRANGE")
-        .arg(keys::DEAD_LETTER)
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await?;
     let mut retried = Vec::new();
-    for entry_text in raw {
-        let Ok(entry) = serde_json::from_str::<DeadLetter>(&entry_text) else {
-            continue;
-        };
+    for (entry_text, entry) in dead_entries(&mut conn, -1).await? {
         if id.is_some_and(|wanted| wanted != entry.id) {
             continue;
         }
@@ -550,15 +558,9 @@ pub async fn held_body(pool: &Pool, id: &str) -> Result<Option<String>, AdminErr
 /// Removes the dead-letter entry of task `id` (purge one). Returns how many entries it removed.
 pub async fn dead_remove(pool: &Pool, id: &str) -> Result<u64, AdminError> {
     let mut conn = pool.get().await?;
-    let raw: Vec<String> = redis::cmd("LRANGE")
-        .arg(keys::DEAD_LETTER)
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await?;
     let mut removed = 0;
-    for entry_text in raw {
-        if serde_json::from_str::<DeadLetter>(&entry_text).is_ok_and(|entry| entry.id == id) {
+    for (entry_text, entry) in dead_entries(&mut conn, -1).await? {
+        if entry.id == id {
             let n: u64 = redis::cmd("LREM")
                 .arg(keys::DEAD_LETTER)
                 .arg(1)

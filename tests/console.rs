@@ -121,6 +121,42 @@ async fn llen(redis: &RedisServer, key: &str) -> i64 {
         .unwrap()
 }
 
+/// A task for `user_id` as the CLI enqueues it: no idempotency key, its type's attempts and timeout.
+fn new_task(task_type: &str, payload: Value, priority: &str, user_id: &str) -> NewTask {
+    NewTask {
+        task_type: task_type.into(),
+        payload,
+        priority: priority.into(),
+        user_id: Some(user_id.into()),
+        idempotency_key: None,
+        max_attempts: None,
+        timeout_s: None,
+    }
+}
+
+/// Enqueues `task` the way the CLI does (admin API, the repository's queue declarations); its id.
+async fn enqueue(redis: &RedisServer, task: NewTask) -> String {
+    let definitions = Definitions::load(&repo_path("queues")).unwrap();
+    let pool = orchestrator::connections::pool(&redis.url(), 2).unwrap();
+    admin::enqueue(&pool, &definitions, task).await.unwrap()
+}
+
+/// Opens the console page `#/<route>` and waits (10 s at most) until `css` contains `needle`;
+/// returns that element's text.
+async fn open_page(
+    browser: &fantoccini::Client,
+    addr: SocketAddr,
+    route: &str,
+    css: &str,
+    needle: &str,
+) -> String {
+    browser
+        .goto(&format!("http://{addr}/#/{route}"))
+        .await
+        .unwrap();
+    wait_text(browser, css, needle, Duration::from_secs(10)).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_need_the_csrf_token_and_the_admin_token() {
     let redis = RedisServer::start();
@@ -439,31 +475,17 @@ async fn a_provision_moves_on_the_page_while_it_runs() {
     )
     .await;
     let queues = repo_path("queues");
-    let definitions = Definitions::load(&queues).unwrap();
-    let pool = orchestrator::connections::pool(&redis.url(), 2).unwrap();
-    let id = admin::enqueue(
-        &pool,
-        &definitions,
-        NewTask {
-            task_type: "team.provision".into(),
-            payload: json!({ "slug": slug }),
-            priority: "high".into(),
-            user_id: Some("u-console".into()),
-            idempotency_key: None,
-            max_attempts: None,
-            timeout_s: None,
-        },
+    let payload = json!({ "slug": slug });
+    let id = enqueue(
+        &redis,
+        new_task("team.provision", payload, "high", "u-console"),
     )
-    .await
-    .unwrap();
+    .await;
 
     let driver = Driver::start();
     let browser = driver.browser().await;
-    browser
-        .goto(&format!("http://{}/#/task/{id}", console.addr))
-        .await
-        .unwrap();
-    wait_text(&browser, "#live", "live", Duration::from_secs(10)).await;
+    let page = format!("task/{id}");
+    open_page(&browser, console.addr, &page, "#live", "live").await;
     wait_text(&browser, "#task-summary", "queued", Duration::from_secs(10)).await;
     assert_eq!(text(&browser, "#task-percentage").await, "0%");
 
@@ -532,11 +554,7 @@ async fn a_provision_moves_on_the_page_while_it_runs() {
     println!("task page: {}", shot.display());
 
     // The tenant shows up with its containers and their routes.
-    browser
-        .goto(&format!("http://{}/#/tenants", console.addr))
-        .await
-        .unwrap();
-    wait_text(&browser, "h1", "Teams", Duration::from_secs(10)).await;
+    open_page(&browser, console.addr, "tenants", "h1", "Teams").await;
     let tenants = wait_text(&browser, "main", &slug, Duration::from_secs(15)).await;
     assert!(tenants.contains(&format!("team-{slug}-web")), "{tenants}");
     assert!(
@@ -563,23 +581,8 @@ async fn refused_dns_change(redis: &RedisServer) -> (String, String) {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let definitions = Definitions::load(&repo_path("queues")).unwrap();
-    let pool = orchestrator::connections::pool(&redis.url(), 2).unwrap();
-    let id = admin::enqueue(
-        &pool,
-        &definitions,
-        NewTask {
-            task_type: "dns.record.upsert".into(),
-            payload: json!({"name": format!("docs.{slug}"), "type": "A", "value": "127.0.0.1"}),
-            priority: "high".into(),
-            user_id: Some("u-1".into()),
-            idempotency_key: None,
-            max_attempts: None,
-            timeout_s: None,
-        },
-    )
-    .await
-    .unwrap();
+    let payload = json!({"name": format!("docs.{slug}"), "type": "A", "value": "127.0.0.1"});
+    let id = enqueue(redis, new_task("dns.record.upsert", payload, "high", "u-1")).await;
     common::tasks::wait_status(&mut conn, &id, "failed", Duration::from_secs(20)).await;
     eventually("the dead letter", Duration::from_secs(5), || async {
         (llen(redis, "queue:dead").await == 1).then_some(())
@@ -597,11 +600,7 @@ async fn an_action_without_the_token_is_refused_on_the_page() {
 
     let driver = Driver::start();
     let browser = driver.browser().await;
-    browser
-        .goto(&format!("http://{addr}/#/dead"))
-        .await
-        .unwrap();
-    wait_text(&browser, "main", &id[..8], Duration::from_secs(10)).await;
+    open_page(&browser, addr, "dead", "main", &id[..8]).await;
     // Actions are offered (the console has a token), but this tab has not given it.
     assert_eq!(count(&browser, "#token").await, 1);
     click(&browser, &format!("button[data-retry=\"{id}\"]")).await;
@@ -621,38 +620,22 @@ async fn a_dead_lettered_task_is_retried_from_the_page_and_completes() {
     let (worker, addr) = worker_with_console(&redis, &[]).await;
     let (id, slug) = refused_dns_change(&redis).await;
     // Some traffic for the overview: pings that complete, and one that fails for good.
-    let definitions = Definitions::load(&repo_path("queues")).unwrap();
-    let pool = orchestrator::connections::pool(&redis.url(), 2).unwrap();
     for n in 0..12 {
         let payload = if n == 5 {
             json!({"fail": "no answer from the probe"})
         } else {
             json!({"delay_ms": 20 * n})
         };
-        admin::enqueue(
-            &pool,
-            &definitions,
-            NewTask {
-                task_type: "system.ping".into(),
-                payload,
-                priority: "normal".into(),
-                user_id: Some("u-ops".into()),
-                idempotency_key: None,
-                max_attempts: Some(1),
-                timeout_s: None,
-            },
-        )
-        .await
-        .unwrap();
+        let task = NewTask {
+            max_attempts: Some(1),
+            ..new_task("system.ping", payload, "normal", "u-ops")
+        };
+        enqueue(&redis, task).await;
     }
 
     let driver = Driver::start();
     let browser = driver.browser().await;
-    browser
-        .goto(&format!("http://{addr}/#/dead"))
-        .await
-        .unwrap();
-    wait_text(&browser, "main", &id[..8], Duration::from_secs(10)).await;
+    open_page(&browser, addr, "dead", "main", &id[..8]).await;
     let reason = text(&browser, &format!("tr[data-dead-row=\"{id}\"]")).await;
     assert!(reason.contains("does not own"), "{reason}");
 
@@ -674,11 +657,7 @@ async fn a_dead_lettered_task_is_retried_from_the_page_and_completes() {
     common::tasks::wait_status(&mut conn, &id, "completed", Duration::from_secs(20)).await;
 
     // Its page says so, with the dead-lettered attempt and the new one in its history.
-    browser
-        .goto(&format!("http://{addr}/#/task/{id}"))
-        .await
-        .unwrap();
-    wait_text(&browser, "h1", &id, Duration::from_secs(10)).await;
+    open_page(&browser, addr, &format!("task/{id}"), "h1", &id).await;
     wait_text(
         &browser,
         "#task-summary",
@@ -689,8 +668,7 @@ async fn a_dead_lettered_task_is_retried_from_the_page_and_completes() {
     let steps = wait_text(&browser, "#steps", "completed", Duration::from_secs(10)).await;
     assert!(steps.contains("does not own"), "{steps}");
     // The record is in the zone.
-    browser.goto(&format!("http://{addr}/#/dns")).await.unwrap();
-    wait_text(&browser, "h1", "DNS", Duration::from_secs(10)).await;
+    open_page(&browser, addr, "dns", "h1", "DNS").await;
     wait_text(
         &browser,
         "main",
@@ -729,11 +707,7 @@ async fn read_only_mode_hides_and_refuses_actions() {
 
     let driver = Driver::start();
     let browser = driver.browser().await;
-    browser
-        .goto(&format!("http://{addr}/#/dead"))
-        .await
-        .unwrap();
-    wait_text(&browser, "main", &id[..8], Duration::from_secs(10)).await;
+    open_page(&browser, addr, "dead", "main", &id[..8]).await;
     assert_eq!(text(&browser, "#auth").await, "read-only");
     for hidden in [
         "button[data-retry]",
@@ -753,11 +727,7 @@ async fn read_only_mode_hides_and_refuses_actions() {
             .await
             .unwrap()
     );
-    browser
-        .goto(&format!("http://{addr}/#/enqueue"))
-        .await
-        .unwrap();
-    wait_text(&browser, "main", "read-only", Duration::from_secs(10)).await;
+    open_page(&browser, addr, "enqueue", "main", "read-only").await;
     assert_eq!(count(&browser, "#enqueue-submit").await, 0);
 
     // The page's own fetch, with a token, is refused too.

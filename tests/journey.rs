@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 const PROVISION_TIMEOUT: Duration = Duration::from_secs(240);
 
-/// The step messages `team.provision` reports (src/docker/provision.rs), certificate included.
+/// The step messages `team.provision` reports (src/docker/provision.rs and apply.rs), certificate included.
 fn provision_steps(slug: &str, last: &str) -> Vec<String> {
     [
         format!("Validating team {slug}"),

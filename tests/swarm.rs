@@ -13,46 +13,28 @@ use std::time::{Duration, Instant};
 
 use common::docker::{build_images, containers_of, docker, root, unique_slug, volumes_of};
 use common::eventually;
-use common::journey::{PROVISIONING_HIGH, Stack};
+use common::journey::{PROVISIONING_HIGH, Stack, flags, tenant_payload};
 use common::swarm::{
-    Load, SwarmCleanup, SwarmHold, SwarmTraefik, Templates, inspect_service, services_of,
+    Load, SwarmHold, SwarmTeam, Templates, inspect_service, services_of, two_web_tasks,
 };
 use common::traefik::{Curl, Traefik, curl_https};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 
-fn args(pairs: &[(&str, String)]) -> Vec<String> {
-    pairs
-        .iter()
-        .flat_map(|(k, v)| [k.to_string(), v.clone()])
-        .collect()
-}
-
-fn payload(slug: &str, extra: Value) -> Value {
-    let mut payload = json!({ "slug": slug });
-    if let (Some(p), Some(e)) = (payload.as_object_mut(), extra.as_object()) {
-        p.extend(e.clone());
-    }
-    payload
-}
-
-/// Runs a task to completion; its result and how long it took.
+/// Runs a tenant task to completion; its result and how long it took.
 async fn run(stack: &Stack, task_type: &str, slug: &str, extra: Value) -> (Value, Duration) {
-    let started = Instant::now();
-    let id = stack
-        .enqueue(PROVISIONING_HIGH, task_type, payload(slug, extra))
-        .await;
-    let hash = stack.wait_completed(&id, TIMEOUT).await;
-    let result = serde_json::from_str(hash.get("result").map_or("null", String::as_str))
-        .unwrap_or(Value::Null);
-    (result, started.elapsed())
+    stack.run_tenant(task_type, slug, extra, TIMEOUT).await
 }
 
 /// Runs a task that must fail; its error.
 async fn run_failing(stack: &Stack, task_type: &str, slug: &str) -> String {
     let id = stack
-        .enqueue(PROVISIONING_HIGH, task_type, payload(slug, json!({})))
+        .enqueue(
+            PROVISIONING_HIGH,
+            task_type,
+            tenant_payload(slug, json!({})),
+        )
         .await;
     let started = Instant::now();
     loop {
@@ -84,14 +66,6 @@ fn all_answered(answers: &[Curl], version: &str) {
     );
 }
 
-/// The team template with two tasks for the web service (the only one limited to 32m).
-fn two_web_tasks(source: String) -> String {
-    source.replace(
-        "    mem_limit: 32m\n",
-        "    mem_limit: 32m\n    replicas: 2\n",
-    )
-}
-
 /// The team template with a new version of the web page (a changed command: a new hash, the same
 /// routing labels) and, when `route_change`, a changed routing label too.
 fn version(source: String, v: &str, route_change: bool) -> String {
@@ -112,47 +86,17 @@ fn version(source: String, v: &str, route_change: bool) -> String {
 async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resumed_and_deleted() {
     build_images();
     let _swarm = SwarmHold::take();
-    let prefix = format!("sw-{}-", std::process::id() % 100_000);
-    let slug = unique_slug("sw");
-    let _cleanup = SwarmCleanup::new(&[&slug]);
-    let (dir, certs) = Traefik::prepare();
-    let traefik = SwarmTraefik::start(
-        &format!("sw-ingress-{}", std::process::id()),
-        &certs,
-        &prefix,
-    );
-    let templates = Templates::copy();
-    // Two tasks for the web service.
-    templates.team(two_web_tasks);
-    let stack = Stack::start_with(
-        true,
-        &args(&[
-            ("--backend", "swarm".into()),
-            ("--templates-dir", templates.path().display().to_string()),
-            ("--certs-dir", certs.display().to_string()),
-            (
-                "--traefik-dynamic-dir",
-                root().join("traefik/dynamic").display().to_string(),
-            ),
-            ("--ingress-container", traefik.name.clone()),
-            ("--ingress-probe-url", traefik.probe_url()),
-        ]),
-    )
-    .await;
-    let pebble_root = stack.pebble.as_ref().unwrap().root_file();
-    let host = format!("{slug}.localhost");
+    let team = SwarmTeam::start("sw").await;
+    let (slug, stack, templates, traefik) =
+        (&team.slug, &team.stack, &team.templates, &team.traefik);
+    let pebble_root = team.pebble_root();
+    let host = team.host();
     // A second ingress, as a service labelled `orchestrator.role=ingress` (as in scripts/stack.yml):
     // the worker adds each team network to its task template.
     let ingress_service = IngressService::create(&format!("sw-ingress-svc-{}", std::process::id()));
 
     // Provisioned: served over HTTPS with the Pebble certificate as soon as the task completes.
-    let (result, took) = run(
-        &stack,
-        "team.provision",
-        &slug,
-        json!({"certificate": true}),
-    )
-    .await;
+    let (result, took) = run(stack, "team.provision", slug, json!({"certificate": true})).await;
     println!("swarm provision with certificate: {took:?}");
     let page = curl_https(traefik.https_port, &host, "/", Some(&pebble_root));
     assert_eq!(page.status, 200, "{page:?}\n{}", traefik.log());
@@ -171,7 +115,7 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
     // health, the overlay network, replicas, start-first updates with automatic rollback, and the
     // stateful api pinned to the node of its volume.
     assert_eq!(
-        services_of(&slug),
+        services_of(slug),
         vec![format!("team-{slug}-api"), format!("team-{slug}-web")]
     );
     let api = inspect_service(&format!("team-{slug}-api"));
@@ -239,7 +183,7 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
         .unwrap();
     assert!(
         engine
-            .owned_containers(Some((orchestrator::templates::Kind::Team, &slug)))
+            .owned_containers(Some((orchestrator::templates::Kind::Team, slug)))
             .await
             .unwrap()
             .is_empty()
@@ -247,14 +191,14 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
     let rows = orchestrator::docker::teams::list(&engine, &services)
         .await
         .unwrap();
-    let row = rows.iter().find(|r| r.slug == slug).unwrap();
+    let row = rows.iter().find(|r| r.slug == *slug).unwrap();
     assert_eq!(row.status, "active");
     assert!(row.containers.iter().all(|w| w.state == "running"), "{row}");
     let plan = orchestrator::docker::teams::plan(
         &engine,
         &services,
         orchestrator::templates::Kind::Team,
-        &slug,
+        slug,
     )
     .await
     .unwrap();
@@ -268,13 +212,7 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
         &["/", "/api/health"],
         Some(pebble_root.clone()),
     );
-    let (result, took) = run(
-        &stack,
-        "team.provision",
-        &slug,
-        json!({"certificate": true}),
-    )
-    .await;
+    let (result, took) = run(stack, "team.provision", slug, json!({"certificate": true})).await;
     println!("swarm rolling update: {took:?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let answers = load.stop();
@@ -291,11 +229,11 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
             .replace("http://127.0.0.1:80/", "http://127.0.0.1:9/nothing")
     });
     let load = Load::start(traefik.https_port, &host, &["/"], Some(pebble_root.clone()));
-    let error = run_failing(&stack, "team.provision", &slug).await;
+    let error = run_failing(stack, "team.provision", slug).await;
     let answers = load.stop();
     assert!(error.contains("rolled it back"), "{error}");
     all_answered(&answers, "v2");
-    assert_eq!(services_of(&slug).len(), 2);
+    assert_eq!(services_of(slug).len(), 2);
     eventually("the rollback to finish", Duration::from_secs(60), || {
         let state = inspect_service(&format!("team-{slug}-web"))["UpdateStatus"]["State"].clone();
         async move { (state == "rollback_completed").then_some(()) }
@@ -318,23 +256,17 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
         report
             .drift
             .iter()
-            .any(|d| d.slug == slug && d.problem.contains(&problem)),
+            .any(|d| d.slug == *slug && d.problem.contains(&problem)),
         "{report}"
     );
-    run(
-        &stack,
-        "team.provision",
-        &slug,
-        json!({"certificate": true}),
-    )
-    .await;
+    run(stack, "team.provision", slug, json!({"certificate": true})).await;
     let report = orchestrator::docker::teams::reconcile(&engine, &services, false)
         .await
         .unwrap();
-    assert!(!report.drift.iter().any(|d| d.slug == slug), "{report}");
+    assert!(!report.drift.iter().any(|d| d.slug == *slug), "{report}");
 
     // Suspend scales to 0 (the routes go), resume scales back (answering at once).
-    run(&stack, "team.suspend", &slug, json!({})).await;
+    run(stack, "team.suspend", slug, json!({})).await;
     let web = inspect_service(&format!("team-{slug}-web"));
     assert_eq!(web["Spec"]["Mode"]["Replicated"]["Replicas"], 0);
     eventually("the routes to go", Duration::from_secs(30), || {
@@ -342,7 +274,7 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
         async move { (status == 404).then_some(()) }
     })
     .await;
-    run(&stack, "team.resume", &slug, json!({})).await;
+    run(stack, "team.resume", slug, json!({})).await;
     let web = inspect_service(&format!("team-{slug}-web"));
     assert_eq!(web["Spec"]["Mode"]["Replicated"]["Replicas"], 2);
     let page = curl_https(traefik.https_port, &host, "/api/health", Some(&pebble_root));
@@ -356,7 +288,7 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
         &["/", "/api/health"],
         Some(pebble_root.clone()),
     );
-    let (_, took) = run(&stack, "team.restart", &slug, json!({})).await;
+    let (_, took) = run(stack, "team.restart", slug, json!({})).await;
     println!("swarm restart: {took:?}");
     eventually("new tasks", Duration::from_secs(60), || {
         let now = docker(&[
@@ -376,9 +308,9 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
     all_answered(&load.stop(), "v2");
 
     // Delete removes the services and the network; the data volume stays without purge_data.
-    let (result, _) = run(&stack, "team.delete", &slug, json!({})).await;
+    let (result, _) = run(stack, "team.delete", slug, json!({})).await;
     assert_eq!(result["network_removed"], true, "{result:#}");
-    assert!(services_of(&slug).is_empty());
+    assert!(services_of(slug).is_empty());
     // Swarm removes the node's copy of an overlay network a moment after the cluster's.
     eventually("the overlay network to go", Duration::from_secs(20), || {
         let gone = !docker(&["network", "inspect", &format!("team-{slug}-net")]).1;
@@ -386,12 +318,12 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
     })
     .await;
     assert!(!ingress_service.attached_to(&format!("team-{slug}-net")));
-    assert_eq!(volumes_of(&slug), vec![format!("team-{slug}-data")]);
+    assert_eq!(volumes_of(slug), vec![format!("team-{slug}-data")]);
     eventually(
         "the tasks' containers to go",
         Duration::from_secs(30),
         || {
-            let left = containers_of(&slug).is_empty()
+            let left = containers_of(slug).is_empty()
                 && docker(&["ps", "-aq", "--filter", &format!("name=team-{slug}-")])
                     .0
                     .is_empty();
@@ -399,13 +331,12 @@ async fn a_swarm_team_is_served_rolled_without_a_failed_request_suspended_resume
         },
     )
     .await;
-    let (result, _) = run(&stack, "team.delete", &slug, json!({"purge_data": true})).await;
+    let (result, _) = run(stack, "team.delete", slug, json!({"purge_data": true})).await;
     assert_eq!(
         result["volumes_removed"],
         json!([format!("team-{slug}-data")])
     );
-    stack.stop().await;
-    drop(dir);
+    team.stop().await;
 }
 
 /// A stand-in ingress service labelled `orchestrator.role=ingress`, removed on drop.
@@ -466,7 +397,7 @@ async fn a_docker_team_changes_template_start_first_without_a_failed_request() {
     let templates = Templates::copy();
     let stack = Stack::start_with(
         false,
-        &args(&[
+        &flags(&[
             ("--templates-dir", templates.path().display().to_string()),
             ("--certs-dir", dynamic.display().to_string()),
             (

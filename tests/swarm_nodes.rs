@@ -7,32 +7,19 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::docker::{build_images, root, unique_slug};
-use common::journey::{PROVISIONING_HIGH, Stack};
-use common::swarm::{Load, SwarmCleanup, SwarmTraefik, Templates, TwoNodes};
-use common::traefik::{Traefik, curl_https};
+use common::docker::build_images;
+use common::journey::Stack;
+use common::swarm::{Load, SwarmTeam, TwoNodes};
+use common::traefik::curl_https;
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 
-fn args(pairs: &[(&str, String)]) -> Vec<String> {
-    pairs
-        .iter()
-        .flat_map(|(k, v)| [k.to_string(), v.clone()])
-        .collect()
-}
-
-async fn run(stack: &Stack, task_type: &str, slug: &str, extra: Value) -> Duration {
-    let started = Instant::now();
-    let mut payload = json!({ "slug": slug });
-    if let (Some(p), Some(e)) = (payload.as_object_mut(), extra.as_object()) {
-        p.extend(e.clone());
-    }
-    let id = stack.enqueue(PROVISIONING_HIGH, task_type, payload).await;
-    stack.wait_completed(&id, TIMEOUT).await;
-    started.elapsed()
+/// Runs a tenant task to completion; its result and how long it took.
+async fn run(stack: &Stack, task_type: &str, slug: &str, extra: Value) -> (Value, Duration) {
+    stack.run_tenant(task_type, slug, extra, TIMEOUT).await
 }
 
 /// (node id, address on `network`) of each running task of service `name`.
@@ -73,46 +60,11 @@ async fn a_teams_replicas_on_two_nodes_are_served_through_one_traefik() {
     let Some(nodes) = TwoNodes::start() else {
         return;
     };
-    let prefix = format!("sn-{}-", std::process::id() % 100_000);
-    let slug = unique_slug("sn");
-    let _cleanup = SwarmCleanup::new(&[&slug]);
-    let (dir, certs) = Traefik::prepare();
-    let traefik = SwarmTraefik::start(
-        &format!("sn-ingress-{}", std::process::id()),
-        &certs,
-        &prefix,
-    );
-    let templates = Templates::copy();
-    templates.team(|s| {
-        s.replace(
-            "    mem_limit: 32m\n",
-            "    mem_limit: 32m\n    replicas: 2\n",
-        )
-    });
-    let stack = Stack::start_with(
-        true,
-        &args(&[
-            ("--backend", "swarm".into()),
-            ("--templates-dir", templates.path().display().to_string()),
-            ("--certs-dir", certs.display().to_string()),
-            (
-                "--traefik-dynamic-dir",
-                root().join("traefik/dynamic").display().to_string(),
-            ),
-            ("--ingress-container", traefik.name.clone()),
-            ("--ingress-probe-url", traefik.probe_url()),
-        ]),
-    )
-    .await;
-    let pebble_root = stack.pebble.as_ref().unwrap().root_file();
-    let host = format!("{slug}.localhost");
-    let took = run(
-        &stack,
-        "team.provision",
-        &slug,
-        json!({"certificate": true}),
-    )
-    .await;
+    let team = SwarmTeam::start("sn").await;
+    let (slug, stack, traefik) = (&team.slug, &team.stack, &team.traefik);
+    let pebble_root = team.pebble_root();
+    let host = team.host();
+    let (_, took) = run(stack, "team.provision", slug, json!({"certificate": true})).await;
     println!("two-node swarm provision with certificate: {took:?}");
 
     // The web service's two tasks run on both nodes (Swarm spreads a service's tasks); the
@@ -160,7 +112,6 @@ async fn a_teams_replicas_on_two_nodes_are_served_through_one_traefik() {
     let page = curl_https(traefik.https_port, &host, "/", Some(&pebble_root));
     assert!(page.body.contains(&format!("Team {slug}")), "{page:?}");
 
-    run(&stack, "team.delete", &slug, json!({"purge_data": true})).await;
-    stack.stop().await;
-    drop(dir);
+    run(stack, "team.delete", slug, json!({"purge_data": true})).await;
+    team.stop().await;
 }

@@ -12,23 +12,21 @@ use std::time::Duration;
 
 use common::docker::{Cleanup, build_images, docker, root, unique_slug};
 use common::eventually;
-use common::journey::{PROVISIONING_HIGH, Stack};
+use common::journey::{PROVISIONING_HIGH, Stack, flags};
 use common::traefik::{Traefik, curl_https};
 use orchestrator::docker::Engine;
-use serde_json::json;
+use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs a tenant task to completion; its result and how long it took.
+async fn run(stack: &Stack, task_type: &str, slug: &str, extra: Value) -> (Value, Duration) {
+    stack.run_tenant(task_type, slug, extra, TIMEOUT).await
+}
 
 /// Slugs of this test process all start with this (Traefik's constraint routes only them).
 fn slug_prefix() -> String {
     format!("tr-{}-", std::process::id() % 100_000)
-}
-
-fn args(pairs: &[(&str, String)]) -> Vec<String> {
-    pairs
-        .iter()
-        .flat_map(|(k, v)| [k.to_string(), v.clone()])
-        .collect()
 }
 
 /// A host Traefik and a worker writing its certificates into Traefik's file-provider folder, with
@@ -39,7 +37,7 @@ async fn platform(with_pebble: bool, grace_s: u64) -> (Traefik, Stack) {
     let traefik = Traefik::start(dir, dynamic.clone(), &slug_prefix());
     let stack = Stack::start_with(
         with_pebble,
-        &args(&[
+        &flags(&[
             ("--certs-dir", dynamic.display().to_string()),
             (
                 "--traefik-dynamic-dir",
@@ -51,15 +49,6 @@ async fn platform(with_pebble: bool, grace_s: u64) -> (Traefik, Stack) {
     )
     .await;
     (traefik, stack)
-}
-
-async fn run(stack: &Stack, task_type: &str, slug: &str, extra: serde_json::Value) {
-    let mut payload = json!({ "slug": slug });
-    if let (Some(p), Some(e)) = (payload.as_object_mut(), extra.as_object()) {
-        p.extend(e.clone());
-    }
-    let id = stack.enqueue(PROVISIONING_HIGH, task_type, payload).await;
-    stack.wait_completed(&id, TIMEOUT).await;
 }
 
 /// Log lines at ERR about `slug`'s routers (or any line at all mentioning it at ERR).
@@ -276,7 +265,7 @@ async fn with_cert_issuer_traefik_the_routers_name_its_resolver_and_the_orchestr
     let https_port = common::free_port();
     let stack = Stack::start_with(
         false,
-        &args(&[
+        &flags(&[
             ("--certs-dir", dynamic.display().to_string()),
             ("--cert-issuer", "traefik".into()),
             (
@@ -446,7 +435,7 @@ async fn the_compose_traefik_starts_from_an_empty_certs_volume_and_is_reattached
     let probe = format!("https://127.0.0.1:{}", ingress.https_port);
     let stack = Stack::start_with(
         false,
-        &args(&[
+        &flags(&[
             ("--ingress-container", name.clone()),
             ("--ingress-probe-url", probe),
             ("--certs-dir", mountpoint),

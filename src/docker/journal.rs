@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use super::report::Progress;
 use super::{DockerError, Engine, is_not_found};
 use crate::keys;
 use crate::services::Services;
@@ -87,6 +88,16 @@ impl Journal {
             kind,
             slug: slug.to_string(),
         }
+    }
+
+    /// The creation journal of this run: the task's, or (reconcile --fix, no task) a run of its own.
+    pub fn of_run(progress: &dyn Progress, services: &Services, kind: Kind, slug: &str) -> Journal {
+        let (id, fence) = match progress.context() {
+            // The attempt's fencing token: written into journal entries and creation labels.
+            Some(ctx) => (ctx.task().id.clone(), ctx.fence()),
+            None => (format!("reconcile-{}", uuid::Uuid::new_v4()), 0),
+        };
+        Journal::new(services.redis.clone(), &id, fence, kind, slug)
     }
 
     /// The task this journal belongs to.

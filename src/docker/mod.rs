@@ -4,19 +4,25 @@
 //! networks (creation serialised, names compared exactly), images (present or pulled), volumes,
 //! containers (found by name + ownership label) and a bounded health wait.
 //!
-//! The provisioning engine shared by teams and sandboxes lives in [`provision`], the record of
-//! what each provisioning task created (so a rollback removes only that) in [`journal`]; the read-only and
-//! repair views (`teams`, `reconcile`, `plan`) in [`teams`]. Where tenants run is the backend
-//! ([`backend`]): containers (with start-first replacement, [`replace`]) or Swarm services
-//! ([`swarm`]).
+//! The provisioning engine shared by teams and sandboxes lives in [`provision`] (its workloads step
+//! per backend in [`apply`]), deleting and restarting, suspending or resuming a tenant in
+//! [`lifecycle`]; both check who may act on a slug in [`claim`] and keep the tenant's Redis record
+//! and status events in [`record`]. The record of what each provisioning task created (so a
+//! rollback removes only that) is in [`journal`]; the read-only and repair views (`teams`,
+//! `reconcile`, `plan`) in [`teams`]. Where tenants run is the backend ([`backend`]): containers
+//! (with start-first replacement, [`replace`]) or Swarm services ([`swarm`]).
 
+pub mod apply;
 pub mod backend;
+pub mod claim;
 pub mod containers;
 pub mod ingress;
 pub mod journal;
+pub mod lifecycle;
 pub mod networks;
 pub mod provision;
 pub mod readiness;
+pub mod record;
 pub mod replace;
 pub mod report;
 pub mod swarm;

@@ -4,18 +4,19 @@
 //! `provision` computes the desired state from the template, reads what exists (containers by
 //! name + ownership label, network by exact name, volume, the `team:<slug>` record) and applies the
 //! difference, step by step on the task's progress hash. A tenant already as wanted is left alone
-//! and the result says so; containers whose template hash label differs are replaced start-first
-//! ([`super::replace`]); with `BACKEND=swarm` the workloads are Swarm services instead
-//! ([`super::swarm`], updated in place by a rolling start-first update). Whatever the
+//! and the result says so; the workloads step is the backend's ([`super::apply`]: containers
+//! replaced start-first when their template hash label differs, or with `BACKEND=swarm` Swarm
+//! services updated in place by a rolling start-first update). Whatever the
 //! task created is written to its creation journal ([`super::journal`]) before it is created, and a
 //! failed or cancelled run removes exactly that, nothing it found (adopted): a failing re-provision
 //! never touches a live team, its DNS name or a retained data volume. Before any side effect the
 //! slug is checked (length of every derived name, reserved names) and claimed for its kind and
-//! owner ([`crate::ownership`]): a team and a sandbox never share a slug.
+//! owner ([`super::claim`]): a team and a sandbox never share a slug. The certificate is ordered
+//! alongside the workloads and awaited after them.
 //!
-//! Redis holds "what exists" per tenant: the `<kind>:<slug>` hash (status, containers, network,
-//! template_hash, updated_at) and the `teams` / `sandboxes` set, compared with the engine by
-//! [`super::teams::reconcile`].
+//! Redis holds "what exists" per tenant ([`super::record`]), compared with the engine by
+//! [`super::teams::reconcile`]. Deleting a tenant and restarting, suspending or resuming it are
+//! [`super::lifecycle`]'s.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,183 +24,16 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::Engine;
+use super::apply::{apply_containers, apply_services};
+use super::claim::{Fresh, check_kind, check_owner, check_slug, claim_space};
 use super::journal::{EntryKind, Journal};
+use super::record::{delete_record, host, publish, read_record, write_record};
 use super::report::Progress;
-use crate::config::Config;
 use crate::context::TaskContext;
-use crate::keys;
-use crate::ownership;
-use crate::progress::ResourceEvent;
 use crate::services::Services;
 use crate::task::TaskError;
 use crate::templates::{self, Kind, Rendered};
 use crate::validate;
-
-/// Status channel of a kind.
-pub fn channel(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Team => keys::TEAM_STATUS,
-        Kind::Sandbox => keys::SANDBOX_STATUS,
-    }
-}
-
-/// Redis key of a tenant's record.
-pub fn record_key(kind: Kind, slug: &str) -> String {
-    match kind {
-        Kind::Team => keys::team(slug),
-        Kind::Sandbox => keys::sandbox(slug),
-    }
-}
-
-/// Redis set of a kind's slugs.
-pub fn set_key(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Team => keys::TEAMS,
-        Kind::Sandbox => keys::SANDBOXES,
-    }
-}
-
-/// Checks a slug before anything reaches the engine.
-pub fn check_slug(slug: &str) -> Result<(), TaskError> {
-    validate::slug(slug).map_err(TaskError::from)
-}
-
-/// The recorded state of a tenant (`<kind>:<slug>` hash).
-pub async fn read_record(
-    services: &Services,
-    kind: Kind,
-    slug: &str,
-) -> Result<BTreeMap<String, String>, TaskError> {
-    let mut conn = services.redis.get().await?;
-    let map: BTreeMap<String, String> = redis::cmd("HGETALL")
-        .arg(record_key(kind, slug))
-        .query_async(&mut *conn)
-        .await?;
-    Ok(map)
-}
-
-/// Writes the tenant's record and adds it to its set.
-async fn write_record(
-    services: &Services,
-    kind: Kind,
-    slug: &str,
-    fields: &[(&str, String)],
-) -> Result<(), TaskError> {
-    let mut conn = services.redis.get().await?;
-    let mut pipe = redis::pipe();
-    pipe.atomic();
-    let mut hset = redis::cmd("HSET");
-    hset.arg(record_key(kind, slug));
-    for (k, v) in fields {
-        hset.arg(*k).arg(v);
-    }
-    hset.arg("updated_at").arg(crate::progress::now());
-    pipe.add_command(hset).ignore();
-    pipe.cmd("SADD").arg(set_key(kind)).arg(slug).ignore();
-    pipe.query_async::<()>(&mut *conn).await?;
-    Ok(())
-}
-
-/// Forgets a tenant in Redis.
-async fn delete_record(services: &Services, kind: Kind, slug: &str) -> Result<(), TaskError> {
-    let mut conn = services.redis.get().await?;
-    redis::pipe()
-        .atomic()
-        .cmd("DEL")
-        .arg(record_key(kind, slug))
-        .ignore()
-        .cmd("SREM")
-        .arg(set_key(kind))
-        .arg(slug)
-        .ignore()
-        .query_async::<()>(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-async fn publish(
-    progress: &dyn Progress,
-    services: &Services,
-    kind: Kind,
-    slug: &str,
-    status: &str,
-    metadata: Value,
-    error: Option<&str>,
-) -> Result<(), TaskError> {
-    let mut event = ResourceEvent::new(kind.as_str(), slug, status, metadata);
-    if let Some(e) = error {
-        event = event.with_error(e);
-    }
-    match progress.context() {
-        Some(ctx) => ctx.publish_resource(channel(kind), &event).await,
-        None => {
-            let mut conn = services.redis.get().await?;
-            crate::progress::publish_resource(&mut *conn, channel(kind), &event).await?;
-            Ok(())
-        }
-    }
-}
-
-/// The creation journal of this run: the task's, or (reconcile --fix, no task) a run of its own.
-fn journal_for(progress: &dyn Progress, services: &Services, kind: Kind, slug: &str) -> Journal {
-    let (id, fence) = match progress.context() {
-        // The attempt's fencing token: written into journal entries and creation labels.
-        Some(ctx) => (ctx.task().id.clone(), ctx.fence()),
-        None => (format!("reconcile-{}", uuid::Uuid::new_v4()), 0),
-    };
-    Journal::new(services.redis.clone(), &id, fence, kind, slug)
-}
-
-/// Refuses a lifecycle task on a tenant another user owns. The platform (no `user_id`: the CLI,
-/// `reconcile --fix`) may run any tenant's lifecycle.
-fn check_owner(
-    progress: &dyn Progress,
-    claim: Option<ownership::Tenant>,
-    action: &str,
-) -> Result<(), TaskError> {
-    let principal = progress
-        .context()
-        .map(|ctx| ownership::principal(ctx.task()))
-        .unwrap_or_default();
-    match claim {
-        Some(tenant) if !principal.is_empty() && tenant.owner != principal => {
-            Err(TaskError::Invalid(format!(
-                "refused: {} {} belongs to {}; {action} from user {principal:?} is refused",
-                tenant.kind.as_str(),
-                tenant.slug,
-                if tenant.owner.is_empty() {
-                    "the platform".to_string()
-                } else {
-                    format!("user {:?}", tenant.owner)
-                },
-            )))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Refuses `slug` when the other kind of tenant has it (claimed, or recorded before claims
-/// existed). Returns this kind's claim, if any.
-async fn check_kind(
-    services: &Services,
-    kind: Kind,
-    slug: &str,
-) -> Result<Option<ownership::Tenant>, TaskError> {
-    let claim = ownership::lookup(&services.redis, slug).await?;
-    if let Some(tenant) = &claim
-        && tenant.kind != kind
-    {
-        return Err(ownership::kind_conflict(kind, slug, tenant.kind.as_str()));
-    }
-    let other = match kind {
-        Kind::Team => Kind::Sandbox,
-        Kind::Sandbox => Kind::Team,
-    };
-    if claim.is_none() && !read_record(services, other, slug).await?.is_empty() {
-        return Err(ownership::kind_conflict(kind, slug, other.as_str()));
-    }
-    Ok(claim)
-}
 
 /// Options of a provision.
 #[derive(Debug, Clone, Default)]
@@ -235,7 +69,7 @@ pub async fn provision(
         check_kind(services, kind, slug).await?,
         "provision",
     )?;
-    let journal = journal_for(progress, services, kind, slug);
+    let journal = Journal::of_run(progress, services, kind, slug);
     // An earlier attempt of this task was killed (or lost the engine) while rolling back: finish
     // that first, then provision afresh.
     if journal.rolling_back().await? {
@@ -338,61 +172,6 @@ pub async fn provision(
             })
         }
     }
-}
-
-fn host(config: &Config, slug: &str) -> String {
-    format!("{slug}.{}", config.platform.domain.trim_end_matches('.'))
-}
-
-/// What the tenant was before this run.
-#[derive(Debug, Clone, Copy)]
-struct Fresh {
-    /// `tenant:<slug>` existed (for this kind).
-    claimed: bool,
-    /// `<kind>:<slug>` existed.
-    recorded: bool,
-}
-
-/// Claims the tenant's name space if nobody has (journaled, so a rolled-back first provision
-/// releases it); a brand-new tenant takes over records squatted in its space.
-async fn claim_space(
-    services: &Services,
-    progress: &dyn Progress,
-    rendered: &Rendered,
-    fresh: Fresh,
-    journal: &Journal,
-) -> Result<(), TaskError> {
-    if fresh.claimed {
-        return Ok(());
-    }
-    let slug = rendered.slug.as_str();
-    let owner = progress
-        .context()
-        .map(|ctx| ownership::principal(ctx.task()).to_string())
-        .unwrap_or_default();
-    journal.record(EntryKind::Claim, slug).await?;
-    let created = ownership::claim(
-        &services.redis,
-        rendered.kind,
-        slug,
-        &owner,
-        journal.task_id(),
-    )
-    .await?;
-    if created && !fresh.recorded {
-        let line = services.names.clear_space(slug).await?;
-        if !line.is_empty() {
-            progress.note(&line).await?;
-        }
-        let name = rendered.kind.prefix(slug);
-        if services.certificates.has_certificate(&name).await? {
-            let line = services.certificates.remove_certificate(&name).await?;
-            progress
-                .note(&format!("{line} (issued before the tenant existed)"))
-                .await?;
-        }
-    }
-    Ok(())
 }
 
 /// The certificate order of a provision, started with the containers (it needs none of them: DNS-01
@@ -574,139 +353,6 @@ async fn converge(
     .await
 }
 
-/// The docker backend's part of [`converge`]: containers created, started, or replaced
-/// start-first ([`super::replace`]), those the template no longer has removed, then waited on
-/// until ready. Returns (id, name) of each and whether anything changed.
-async fn apply_containers(
-    engine: &Engine,
-    progress: &dyn Progress,
-    rendered: &Rendered,
-    creation: &BTreeMap<String, String>,
-    journal: &Journal,
-    timing: super::replace::Timing,
-) -> Result<(Vec<(String, String)>, bool), TaskError> {
-    let (kind, slug) = (rendered.kind, rendered.slug.as_str());
-    let mut changed = false;
-    progress.step("Creating containers").await?;
-    let existing = engine.owned_containers(Some((kind, slug))).await?;
-    let mut ids = Vec::new();
-    let mut replacements = Vec::new();
-    for spec in &rendered.containers {
-        let found = existing.iter().find(|c| c.name == spec.name);
-        let id = match found {
-            Some(c) if c.template_hash == rendered.hash => {
-                if c.state != "running" {
-                    engine.start(&c.id, &c.name).await?;
-                    changed = true;
-                }
-                c.id.clone()
-            }
-            Some(old) => {
-                // Replaced below, all at once: each waits for health and drains on its own.
-                replacements.push(super::replace::start_first(
-                    engine, progress, timing, rendered, spec, old, creation, journal,
-                ));
-                continue;
-            }
-            None => {
-                // A container of this name without our label is a conflict; say so clearly.
-                engine.container_state(&spec.name).await?;
-                journal.record(EntryKind::Container, &spec.name).await?;
-                let id = engine
-                    .create_container_labelled(rendered, spec, creation)
-                    .await?;
-                engine.start(&id, &spec.name).await?;
-                changed = true;
-                id
-            }
-        };
-        ids.push((id, spec.name.clone()));
-    }
-    if !replacements.is_empty() {
-        changed = true;
-        let replaced = futures::future::join_all(replacements).await;
-        for (spec, id) in rendered
-            .containers
-            .iter()
-            .filter(|s| {
-                existing
-                    .iter()
-                    .any(|c| c.name == s.name && c.template_hash != rendered.hash)
-            })
-            .zip(replaced)
-        {
-            ids.push((id?, spec.name.clone()));
-        }
-    }
-    // Services the template no longer has.
-    for stale in existing
-        .iter()
-        .filter(|c| !rendered.containers.iter().any(|s| s.name == c.name))
-    {
-        engine.remove_container(&stale.id, &stale.name).await?;
-        changed = true;
-    }
-
-    progress
-        .step("Waiting for containers to become healthy")
-        .await?;
-    super::readiness::wait_ready(
-        engine,
-        rendered,
-        &ids,
-        timing.health_timeout,
-        progress.cancellation(),
-    )
-    .await?;
-    Ok((ids, changed))
-}
-
-/// The Swarm backend's part of [`converge`]: one service per template service, journaled before
-/// it is created; services the template no longer has are removed. Returns (id, name) of each and
-/// whether anything changed.
-async fn apply_services(
-    engine: &Engine,
-    progress: &dyn Progress,
-    rendered: &Rendered,
-    creation: &BTreeMap<String, String>,
-    journal: &Journal,
-    node: &str,
-) -> Result<(Vec<(String, String)>, bool), TaskError> {
-    let existing = engine
-        .owned_services(Some((rendered.kind, &rendered.slug)))
-        .await?;
-    let mut changed = false;
-    let mut ids = Vec::new();
-    for spec in &rendered.containers {
-        let found = existing.iter().find(|s| s.name == spec.name);
-        if found.is_none() {
-            journal.record(EntryKind::Service, &spec.name).await?;
-        }
-        let applied = engine.apply_service(rendered, spec, creation, node).await?;
-        if let Some(old) = found
-            && old.template_hash != rendered.hash
-        {
-            progress
-                .note(&format!(
-                    "Rolling update of service {} (template changed: {} -> {}; start-first, \
-                     rolled back by Swarm if the new tasks fail)",
-                    spec.name, old.template_hash, rendered.hash
-                ))
-                .await?;
-        }
-        changed |= applied.changed;
-        ids.push((applied.id, spec.name.clone()));
-    }
-    for stale in existing
-        .iter()
-        .filter(|s| !rendered.containers.iter().any(|c| c.name == s.name))
-    {
-        engine.remove_service(&stale.name).await?;
-        changed = true;
-    }
-    Ok((ids, changed))
-}
-
 /// The steps after the workloads run, shared by both backends: DNS name, certificate, "active
 /// means reachable", the record and the status event.
 #[allow(clippy::too_many_arguments)]
@@ -809,194 +455,4 @@ async fn finish(
         map.insert("certificate".into(), certificate);
     }
     Ok(result)
-}
-
-/// Steps [`delete`] reports.
-pub fn delete_steps(purge: bool) -> u32 {
-    5 + u32::from(purge)
-}
-
-/// Deletes tenant `slug`: containers, network, DNS name, certificate, and the volume only with
-/// `purge_data`.
-/// Deleting what does not exist succeeds.
-pub async fn delete(
-    engine: &Engine,
-    services: &Services,
-    progress: &dyn Progress,
-    kind: Kind,
-    slug: &str,
-    purge_data: bool,
-) -> Result<Value, TaskError> {
-    progress
-        .step(&format!("Removing containers of {} {slug}", kind.as_str()))
-        .await?;
-    check_slug(slug)?;
-    let config = &services.config;
-    // A sandbox.delete must never remove a team's name (or the other way round), nor a user
-    // another user's tenant.
-    check_owner(progress, check_kind(services, kind, slug).await?, "delete")?;
-    let containers = engine.workloads(Some((kind, slug))).await?;
-    for c in &containers {
-        engine.remove_workload(c).await?;
-    }
-    progress.step("Removing network").await?;
-    let network = templates::network_name(config, kind, slug);
-    let network_removed = if config.docker.network_mode == "shared" {
-        false
-    } else {
-        engine
-            .remove_network(&network, &config.docker.ingress_container)
-            .await?
-    };
-    progress.step("Removing DNS name").await?;
-    let line = services.names.remove_name(slug).await?;
-    progress.note(&line).await?;
-    // A deleted tenant must not leave a certificate served (or renewed) for its name.
-    progress.step("Removing certificate").await?;
-    let line = services
-        .certificates
-        .remove_certificate(&kind.prefix(slug))
-        .await?;
-    progress.note(&line).await?;
-    let mut volumes_removed = Vec::new();
-    // Volumes are named by the template; read it when it renders, else the default name.
-    let volumes = match templates::render(config, kind, slug) {
-        Ok(r) => r.volumes,
-        Err(_) => vec![format!("{}-data", kind.prefix(slug))],
-    };
-    if purge_data {
-        progress.step("Removing data volume").await?;
-        for v in &volumes {
-            if engine.remove_volume(v).await? {
-                volumes_removed.push(v.clone());
-            }
-        }
-    }
-    let mut data_kept = false;
-    for v in &volumes {
-        data_kept |= engine.volume_exists(v).await?;
-    }
-    progress.step("Recording state").await?;
-    delete_record(services, kind, slug).await?;
-    // While its data volume is kept, the slug stays its owner's: nobody else can provision it
-    // (and so adopt the data) or set names in its space. Purging the data releases it.
-    if !data_kept {
-        ownership::forget(&services.redis, kind, slug).await?;
-    }
-    // Leftover journals of earlier failed tasks of this tenant have nothing left to remove.
-    journal_for(progress, services, kind, slug)
-        .settle_tenant()
-        .await?;
-    let removed: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
-    let metadata = json!({
-        "subdomain": host(config, slug),
-        "containers_removed": removed,
-        "network_removed": network_removed,
-        "volumes_removed": volumes_removed,
-    });
-    publish(
-        progress,
-        services,
-        kind,
-        slug,
-        "deleted",
-        metadata.clone(),
-        None,
-    )
-    .await?;
-    Ok(metadata)
-}
-
-/// What a lifecycle task does to the containers of a tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lifecycle {
-    /// Restart every container and wait for health; status `active`.
-    Restart,
-    /// Stop every container; status `suspended`.
-    Suspend,
-    /// Start every container and wait for health; status `active`.
-    Resume,
-}
-
-/// Steps [`lifecycle`] reports.
-pub const LIFECYCLE_STEPS: u32 = 3;
-
-/// Restarts, suspends or resumes tenant `slug`.
-pub async fn lifecycle(
-    engine: &Engine,
-    services: &Services,
-    progress: &dyn Progress,
-    kind: Kind,
-    slug: &str,
-    action: Lifecycle,
-) -> Result<Value, TaskError> {
-    let verb = match action {
-        Lifecycle::Restart => "Restarting",
-        Lifecycle::Suspend => "Stopping",
-        Lifecycle::Resume => "Starting",
-    };
-    progress
-        .step(&format!("{verb} containers of {} {slug}", kind.as_str()))
-        .await?;
-    check_slug(slug)?;
-    check_owner(
-        progress,
-        check_kind(services, kind, slug).await?,
-        verb.to_lowercase().as_str(),
-    )?;
-    let containers = engine.workloads(Some((kind, slug))).await?;
-    if containers.is_empty() {
-        return Err(TaskError::Failed(format!(
-            "{} {slug} has no containers: provision it first",
-            kind.as_str()
-        )));
-    }
-    // A Swarm service resumes at its template's replicas.
-    let rendered = templates::render(&services.config, kind, slug).ok();
-    for c in &containers {
-        let replicas = rendered
-            .as_ref()
-            .and_then(|r| r.containers.iter().find(|s| s.name == c.name))
-            .map_or(1, |s| s.replicas);
-        match action {
-            Lifecycle::Restart => engine.restart_workload(c).await?,
-            Lifecycle::Suspend => engine.suspend_workload(c).await?,
-            Lifecycle::Resume => engine.resume_workload(c, replicas).await?,
-        }
-    }
-    progress.step("Waiting for containers").await?;
-    let status = if action == Lifecycle::Suspend {
-        "suspended"
-    } else {
-        let timeout = Duration::from_secs(services.config.docker.health_timeout_s.max(1));
-        engine
-            .wait_workloads(&containers, timeout, progress.cancellation())
-            .await
-            .map_err(TaskError::from)?;
-        // "active" means reachable (INGRESS_PROBE_URL).
-        super::readiness::probe_tenant(
-            &services.config,
-            kind,
-            slug,
-            timeout,
-            progress.cancellation(),
-        )
-        .await?;
-        "active"
-    };
-    progress.step("Recording state").await?;
-    write_record(services, kind, slug, &[("status", status.into())]).await?;
-    let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
-    let metadata = json!({"subdomain": host(&services.config, slug), "containers": names});
-    publish(
-        progress,
-        services,
-        kind,
-        slug,
-        status,
-        metadata.clone(),
-        None,
-    )
-    .await?;
-    Ok(json!({"status": status, "containers": names}))
 }

@@ -10,7 +10,9 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::provision::{self, ProvisionOptions, read_record, set_key};
+use super::claim::check_slug;
+use super::provision::{self, ProvisionOptions};
+use super::record::{read_record, set_key};
 use super::report::Quiet;
 use super::{DockerError, Engine, Owned, Workload};
 use crate::services::Services;
@@ -481,7 +483,7 @@ pub async fn plan(
     kind: Kind,
     slug: &str,
 ) -> Result<Plan, TaskError> {
-    provision::check_slug(slug)?;
+    check_slug(slug)?;
     let config = &services.config;
     let rendered = templates::render(config, kind, slug)
         .map_err(|e| TaskError::Invalid(format!("template: {e}")))?;

@@ -1,6 +1,7 @@
 //! `team.*` tasks: `team.provision`, `team.delete`, `team.restart`, `team.suspend`, `team.resume`.
-//! Thin adapters over the shared provisioning engine ([`crate::docker::provision`]) with the team
-//! template; each locks `team:<slug>` through [`Handler::resource`].
+//! Thin adapters over the shared provisioning engine ([`crate::docker::provision`],
+//! [`crate::docker::lifecycle`]) with the team template; each locks `team:<slug>` through
+//! [`Handler::resource`].
 
 use std::sync::Arc;
 
@@ -12,7 +13,9 @@ use tokio::sync::OnceCell;
 use super::{Handler, Registry};
 use crate::context::TaskContext;
 use crate::docker::Engine;
-use crate::docker::provision::{self, Lifecycle, ProvisionOptions};
+use crate::docker::claim::check_slug;
+use crate::docker::lifecycle::{self, Lifecycle};
+use crate::docker::provision::{self, ProvisionOptions};
 use crate::services::Services;
 use crate::task::{Task, TaskError};
 use crate::templates::Kind;
@@ -103,8 +106,8 @@ impl Handler for TenantHandler {
         };
         match self.op {
             Op::Provision => provision::provision_steps(flag("certificate")),
-            Op::Delete => provision::delete_steps(flag("purge_data")),
-            Op::Lifecycle(_) => provision::LIFECYCLE_STEPS,
+            Op::Delete => lifecycle::delete_steps(flag("purge_data")),
+            Op::Lifecycle(_) => lifecycle::LIFECYCLE_STEPS,
         }
     }
 
@@ -119,7 +122,7 @@ impl Handler for TenantHandler {
     async fn run(&self, ctx: &TaskContext) -> Result<Value, TaskError> {
         let args: Args = ctx.payload()?;
         // Before any engine call: an invalid slug never reaches Docker.
-        provision::check_slug(&args.slug)?;
+        check_slug(&args.slug)?;
         let engine = self.engine.get().await?;
         let services = ctx.services();
         match self.op {
@@ -130,7 +133,7 @@ impl Handler for TenantHandler {
                 provision::provision(engine, services, ctx, self.kind, &args.slug, &options).await
             }
             Op::Delete => {
-                provision::delete(
+                lifecycle::delete(
                     engine,
                     services,
                     ctx,
@@ -141,7 +144,7 @@ impl Handler for TenantHandler {
                 .await
             }
             Op::Lifecycle(action) => {
-                provision::lifecycle(engine, services, ctx, self.kind, &args.slug, action).await
+                lifecycle::lifecycle(engine, services, ctx, self.kind, &args.slug, action).await
             }
         }
     }

@@ -26,6 +26,23 @@ pub const PROVISIONING_HIGH: &str = "queue:provisioning:high";
 /// The list the portal pushes DNS tasks onto.
 pub const DNS_HIGH: &str = "queue:dns:high";
 
+/// Worker flags from `(flag, value)` pairs, for [`Stack::start_with`].
+pub fn flags(pairs: &[(&str, String)]) -> Vec<String> {
+    pairs
+        .iter()
+        .flat_map(|(k, v)| [k.to_string(), v.clone()])
+        .collect()
+}
+
+/// The payload of a tenant task: `{"slug": slug}` with the fields of `extra` added.
+pub fn tenant_payload(slug: &str, extra: Value) -> Value {
+    let mut payload = json!({ "slug": slug });
+    if let (Some(p), Some(e)) = (payload.as_object_mut(), extra.as_object()) {
+        p.extend(e.clone());
+    }
+    payload
+}
+
 #[derive(Parser)]
 struct Args {
     #[command(flatten)]
@@ -195,6 +212,25 @@ impl Stack {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Runs a tenant task (`team.*`, `sandbox.*`) for `slug` from [`PROVISIONING_HIGH`] until it
+    /// completes (it must): its result and how long it took.
+    pub async fn run_tenant(
+        &self,
+        task_type: &str,
+        slug: &str,
+        extra: Value,
+        timeout: Duration,
+    ) -> (Value, Duration) {
+        let started = Instant::now();
+        let id = self
+            .enqueue(PROVISIONING_HIGH, task_type, tenant_payload(slug, extra))
+            .await;
+        let hash = self.wait_completed(&id, timeout).await;
+        let result = serde_json::from_str(hash.get("result").map_or("null", String::as_str))
+            .unwrap_or(Value::Null);
+        (result, started.elapsed())
     }
 
     /// The record sets of the zone `localhost.` in Redis: `"<owner> <TYPE>"` → JSON.

@@ -1,5 +1,8 @@
 //! A real `redis-server` on a free port with its own data folder (append-only, so a restart keeps
-//! the data), killed on drop.
+//! the data), killed on drop; and the process underneath it ([`RedisProcess`]: one
+//! `redis-server` command line on a loopback port, waited on until it answers, restarted with the
+//! same command line, killed on drop), which the Sentinel harness also runs its nodes and
+//! sentinels on. Self-contained but for `super::free_port`: benches include this file alone.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -8,21 +11,89 @@ use std::time::{Duration, Instant};
 /// A running Redis server owned by a test.
 pub struct RedisServer {
     pub port: u16,
+    // Declared before `dir`: the server is killed before its data folder is removed.
+    process: RedisProcess,
     dir: tempfile::TempDir,
-    child: Option<Child>,
 }
 
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING.
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir for redis");
-        let mut server = Self {
-            port: super::free_port(),
+        let port = super::free_port();
+        let args = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &dir.path().to_string_lossy(),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        Self {
+            port,
+            process: RedisProcess::launch(port, args),
             dir,
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        self.process.url()
+    }
+
+    /// The data folder (append-only files live here).
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// A plain client.
+    pub fn client(&self) -> redis::Client {
+        self.process.client()
+    }
+
+    /// A multiplexed connection without a response timeout.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        self.process.conn().await
+    }
+
+    /// Kills the server (SIGKILL, like a crash) without waiting for anything.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts the server again on the same port and data folder.
+    pub fn restart(&mut self) {
+        self.process.restart();
+    }
+}
+
+/// One `redis-server` process (a data node or, with `--sentinel`, a sentinel) on a loopback port.
+pub struct RedisProcess {
+    pub port: u16,
+    child: Option<Child>,
+    /// The command line, to start it again.
+    args: Vec<String>,
+}
+
+impl RedisProcess {
+    /// Starts `redis-server args` (which make it listen on `port`) and waits until it answers PING.
+    pub fn launch(port: u16, args: Vec<String>) -> Self {
+        let mut process = Self {
+            port,
             child: None,
+            args,
         };
-        server.launch();
-        server
+        process.spawn();
+        process
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -30,9 +101,9 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// The data folder (append-only files live here).
-    pub fn dir(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 
     /// A plain client.
@@ -48,7 +119,7 @@ impl RedisServer {
             .expect("connect to test redis")
     }
 
-    /// Kills the server (SIGKILL, like a crash) without waiting for anything.
+    /// SIGKILL, like a crash, without waiting for anything.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -56,19 +127,16 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port and data folder.
+    /// Starts it again on the same port with the same command line, as a supervisor would after a
+    /// crash (what it finds of its data depends on its persistence settings).
     pub fn restart(&mut self) {
         self.kill();
-        self.launch();
+        self.spawn();
     }
 
-    fn launch(&mut self) {
+    fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--dir", &self.dir.path().to_string_lossy()])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .args(["--save", ""])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -82,13 +150,17 @@ impl RedisServer {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "redis-server did not start");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on :{} did not start",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
 
-impl Drop for RedisServer {
+impl Drop for RedisProcess {
     fn drop(&mut self) {
         self.kill();
     }

@@ -1,83 +1,25 @@
 //! A Redis Sentinel deployment on loopback ports: a master, a replica and three sentinels (quorum
 //! 2, short down-after and failover timeouts), each a real `redis-server` process (`--sentinel`
-//! for the sentinels, so Debian's `redis-sentinel` package is not required), killed on drop.
+//! for the sentinels, so Debian's `redis-sentinel` package is not required; the process harness
+//! is [`super::redis_server::RedisProcess`]), killed on drop. The data nodes keep nothing on disk:
+//! one restarted after a crash comes back empty, as a supervisor would bring it back.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::free_port;
+use super::redis_server::RedisProcess;
 
 /// Name the sentinels monitor the master under.
 pub const MASTER_NAME: &str = "orchmaster";
 /// Milliseconds without an answer before a sentinel calls a node down.
 pub const DOWN_AFTER_MS: u64 = 1000;
 
-/// One `redis-server` (node or sentinel).
-pub struct Node {
-    pub port: u16,
-    child: Option<Child>,
-    /// The command line, to start it again.
-    args: Vec<String>,
-}
-
-impl Node {
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Starts `redis-server args` and waits until it answers on `port`.
-    fn launch(port: u16, args: Vec<String>) -> Self {
-        let child = spawn(&args);
-        wait_ping(port);
-        Self {
-            port,
-            child: Some(child),
-            args,
-        }
-    }
-
-    /// SIGKILL, like a crash.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same port, with the same command line, as a supervisor would after
-    /// a crash (a data node comes back empty: no persistence in these tests).
-    pub fn restart(&mut self) {
-        self.kill();
-        self.child = Some(spawn(&self.args));
-        wait_ping(self.port);
-    }
-
-    /// A connection without a response timeout.
-    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .expect("client")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect")
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Master, replica and three sentinels.
 pub struct SentinelSet {
     /// The two data nodes; which one is the master changes with failovers.
-    pub nodes: Vec<Node>,
-    pub sentinels: Vec<Node>,
+    pub nodes: Vec<RedisProcess>,
+    pub sentinels: Vec<RedisProcess>,
     dir: tempfile::TempDir,
 }
 
@@ -110,13 +52,13 @@ impl SentinelSet {
     pub fn sentinel_list(&self) -> String {
         self.sentinels
             .iter()
-            .map(Node::addr)
+            .map(RedisProcess::addr)
             .collect::<Vec<_>>()
             .join(",")
     }
 
     /// What one sentinel says about the master (`SENTINEL MASTER`).
-    pub async fn master_info(sentinel: &Node) -> Option<HashMap<String, String>> {
+    pub async fn master_info(sentinel: &RedisProcess) -> Option<HashMap<String, String>> {
         let client = redis::Client::open(sentinel.url()).ok()?;
         let mut conn = client.get_multiplexed_async_connection().await.ok()?;
         redis::cmd("SENTINEL")
@@ -144,7 +86,7 @@ impl SentinelSet {
     }
 
     /// The data node listening on `port`.
-    pub fn node(&mut self, port: u16) -> &mut Node {
+    pub fn node(&mut self, port: u16) -> &mut RedisProcess {
         self.nodes
             .iter_mut()
             .find(|n| n.port == port)
@@ -215,7 +157,7 @@ impl SentinelSet {
     }
 }
 
-async fn replica_up(sentinel: &Node, port: u16) -> bool {
+async fn replica_up(sentinel: &RedisProcess, port: u16) -> bool {
     let Ok(client) = redis::Client::open(sentinel.url()) else {
         return false;
     };
@@ -257,7 +199,7 @@ async fn link_up(port: u16) -> bool {
     info.contains("role:slave") && info.contains("master_link_status:up")
 }
 
-fn start_node(dir: &tempfile::TempDir, name: &str, replica_of: Option<u16>) -> Node {
+fn start_node(dir: &tempfile::TempDir, name: &str, replica_of: Option<u16>) -> RedisProcess {
     let port = free_port();
     let data = dir.path().join(name);
     std::fs::create_dir_all(&data).expect("node dir");
@@ -288,19 +230,10 @@ fn start_node(dir: &tempfile::TempDir, name: &str, replica_of: Option<u16>) -> N
     if let Some(master) = replica_of {
         args.extend(["--replicaof".into(), "127.0.0.1".into(), master.to_string()]);
     }
-    Node::launch(port, args)
+    RedisProcess::launch(port, args)
 }
 
-fn spawn(args: &[String]) -> Child {
-    Command::new("redis-server")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start redis-server")
-}
-
-fn start_sentinel(dir: &tempfile::TempDir, index: usize, master: u16) -> Node {
+fn start_sentinel(dir: &tempfile::TempDir, index: usize, master: u16) -> RedisProcess {
     let port = free_port();
     let conf = dir.path().join(format!("sentinel-{index}.conf"));
     std::fs::write(
@@ -316,22 +249,8 @@ fn start_sentinel(dir: &tempfile::TempDir, index: usize, master: u16) -> Node {
         ),
     )
     .expect("write sentinel.conf");
-    Node::launch(
+    RedisProcess::launch(
         port,
         vec![conf.to_string_lossy().into_owned(), "--sentinel".into()],
     )
-}
-
-fn wait_ping(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}"))
-            && let Ok(mut conn) = client.get_connection()
-            && redis::cmd("PING").query::<String>(&mut conn).is_ok()
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "redis on :{port} did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

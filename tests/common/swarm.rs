@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use super::docker::{docker, root};
 use super::free_port;
+use super::journey::{Stack, flags};
+use super::traefik::Traefik;
 
 /// (tests holding the swarm, whether this process made it).
 static HOLDERS: Mutex<(usize, bool)> = Mutex::new((0, false));
@@ -278,6 +280,98 @@ impl Templates {
         let edited = edit(source.clone());
         assert_ne!(edited, source, "the edit changed nothing");
         std::fs::write(self.dir.path().join("team.yml"), edited).unwrap();
+    }
+}
+
+/// The team template with two tasks for the web service (the only one limited to 32m).
+pub fn two_web_tasks(source: String) -> String {
+    source.replace(
+        "    mem_limit: 32m\n",
+        "    mem_limit: 32m\n    replicas: 2\n",
+    )
+}
+
+/// A team slug on a worker with `BACKEND=swarm` (and Pebble) on a copy of the templates whose web
+/// service has two tasks ([`two_web_tasks`]), writing its certificates where a [`SwarmTraefik`]
+/// reads them and probing through it; the slug's services, containers, networks and volumes are
+/// removed on drop. The swarm itself is the caller's ([`SwarmHold`] or [`TwoNodes`], held for
+/// longer than this).
+pub struct SwarmTeam {
+    pub slug: String,
+    // Fields drop in this order: the worker stops before Traefik goes, the slug's leftovers last.
+    pub stack: Stack,
+    pub templates: Templates,
+    pub traefik: SwarmTraefik,
+    certs: tempfile::TempDir,
+    _cleanup: SwarmCleanup,
+}
+
+impl SwarmTeam {
+    /// Starts Traefik and the worker for a new slug `<tag>-…`; Traefik routes only this process's
+    /// slugs of that tag.
+    pub async fn start(tag: &str) -> Self {
+        let pid = std::process::id();
+        let prefix = format!("{tag}-{}-", pid % 100_000);
+        let slug = super::docker::unique_slug(tag);
+        let cleanup = SwarmCleanup::new(&[&slug]);
+        let (certs, certs_path) = Traefik::prepare();
+        let traefik = SwarmTraefik::start(&format!("{tag}-ingress-{pid}"), &certs_path, &prefix);
+        let templates = Templates::copy();
+        templates.team(two_web_tasks);
+        let stack = Stack::start_with(
+            true,
+            &flags(&[
+                ("--backend", "swarm".into()),
+                ("--templates-dir", templates.path().display().to_string()),
+                ("--certs-dir", certs_path.display().to_string()),
+                (
+                    "--traefik-dynamic-dir",
+                    root().join("traefik/dynamic").display().to_string(),
+                ),
+                ("--ingress-container", traefik.name.clone()),
+                ("--ingress-probe-url", traefik.probe_url()),
+            ]),
+        )
+        .await;
+        Self {
+            slug,
+            stack,
+            templates,
+            traefik,
+            certs,
+            _cleanup: cleanup,
+        }
+    }
+
+    /// `<slug>.localhost`.
+    pub fn host(&self) -> String {
+        format!("{}.localhost", self.slug)
+    }
+
+    /// The root of this run's Pebble, which signed the team's certificate.
+    pub fn pebble_root(&self) -> PathBuf {
+        self.stack
+            .pebble
+            .as_ref()
+            .expect("the swarm team's stack runs Pebble")
+            .root_file()
+    }
+
+    /// Stops the worker gracefully, then removes Traefik, the certificates and the slug's leftovers.
+    pub async fn stop(self) {
+        let Self {
+            stack,
+            templates,
+            traefik,
+            certs,
+            _cleanup,
+            ..
+        } = self;
+        stack.stop().await;
+        drop(certs);
+        drop(templates);
+        drop(traefik);
+        drop(_cleanup);
     }
 }
 
