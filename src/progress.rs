@@ -86,19 +86,39 @@ impl Update<'_> {
 
 /// The Lua function that records one update: shared by [`RECORD`] and by the queue's scripts, so
 /// the hash layout is written in one place. `a` holds the channel, the event (whose `"seq":0`
-/// prefix is replaced), the TTL, then field/value pairs starting with `updated_at`. The first
-/// record of a task (seq 1) dates it. `quiet`: the caller does not need the cancel flag.
+/// prefix is replaced), the TTL, then field/value pairs starting with `updated_at`. A task's first
+/// record dates it (`created_at`, unless the portal did). `quiet`: the caller does not need the
+/// cancel flag (the seq is then counted by `HINCRBY`); otherwise one `HMGET` reads what the write
+/// needs, or `cur` brings it (status, seq, cancel flag, created_at, as the caller read them), and
+/// `seq` goes into the same `HSET` as the fields. A hash that had none of those fields has no TTL
+/// to clear. Every step is one command because each costs Redis a call and an AOF record.
 pub const RECORD_FN: &str = r#"
-local function record(key, a, quiet)
-  local seq = redis.call('HINCRBY', key, 'seq', 1)
-  redis.call('HSET', key, unpack(a, 4))
-  if seq == 1 then redis.call('HSETNX', key, 'created_at', a[5]) end
+local function record(key, a, quiet, cur)
+  local seq, cancel = 0, ''
+  if quiet then
+    seq = redis.call('HINCRBY', key, 'seq', 1)
+    if seq == 1 then redis.call('HSETNX', key, 'created_at', a[5]) end
+    redis.call('HSET', key, unpack(a, 4))
+  else
+    cur = cur or redis.call('HMGET', key, 'status', 'seq', 'cancel_requested', 'created_at')
+    seq = (tonumber(cur[2]) or 0) + 1
+    cancel = cur[3] or ''
+    if cur[4] then
+      redis.call('HSET', key, 'seq', seq, unpack(a, 4))
+    else
+      redis.call('HSET', key, 'created_at', a[5], 'seq', seq, unpack(a, 4))
+    end
+  end
   local ttl = tonumber(a[3])
-  if ttl > 0 then redis.call('EXPIRE', key, ttl) else redis.call('PERSIST', key) end
-  local event = string.gsub(a[2], '^{"seq":0', '{"seq":' .. seq, 1)
+  if ttl > 0 then
+    redis.call('EXPIRE', key, ttl)
+  elseif quiet or cur[1] or cur[2] or cur[3] or cur[4] then
+    redis.call('PERSIST', key)
+  end
+  local event = a[2]
+  if string.sub(event, 1, 8) == '{"seq":0' then event = '{"seq":' .. seq .. string.sub(event, 9) end
   redis.call('PUBLISH', a[1], event)
-  if quiet then return {seq, ''} end
-  return {seq, redis.call('HGET', key, 'cancel_requested') or ''}
+  return {seq, cancel}
 end
 "#;
 

@@ -4,17 +4,19 @@
 
 -- Keeps a body popped from `list` out of its list under a handle: its id, or (no usable id, or a
 -- second copy of a task already out of its list) a handle of its own. Returns the handle.
+local adopted = {}
 local function adopt(list, body)
   local ok, t = pcall(cjson.decode, body)
   local handle = ''
   if ok and type(t) == 'table' and type(t.id) == 'string' and #t.id > 0 and #t.id <= 200 then
     handle = t.id
   end
-  if handle == '' or redis.call('HEXISTS', BODIES, handle) == 1 then
-    handle = handle .. '~' .. (tonumber(redis.call('GET', FENCE) or '0') + 1)
+  if handle == '' or adopted[handle] or redis.call('HEXISTS', BODIES, handle) == 1 then
+    handle = handle .. '~' .. (next_fence() + 1)
   end
-  redis.call('HSET', BODIES, handle, body)
-  redis.call('HSET', ORIGIN, handle, list)
+  adopted[handle] = true
+  defer('HSET', BODIES, nil, handle, body)
+  defer('HSET', ORIGIN, nil, handle, list)
   return handle
 end
 
@@ -22,10 +24,13 @@ end
 -- the begin order of resources (UNBEGUN; NX: a claim recovered before it began keeps its place);
 -- a task begun in the same call without a resource makes nobody wait, so it skips that.
 local function claim_one(handle, worker, lease, now, ordered)
-  local fence = redis.call('INCR', FENCE)
-  redis.call('HSET', CLAIMS, handle, fence .. '|' .. now .. '|' .. worker)
-  redis.call('ZADD', LEASES, now + lease, handle)
-  if ordered then redis.call('ZADD', UNBEGUN, 'NX', fence, handle) end
+  local fence = next_fence() + 1
+  fence_taken = fence_taken + 1
+  if batching then claim_view[handle] = tostring(fence) end
+  defer('HSET', CLAIMS, nil, handle, fence .. '|' .. now .. '|' .. worker)
+  defer('ZADD', LEASES, nil, now + lease, handle)
+  if ordered then defer('ZADD', UNBEGUN, 'NX', fence, handle) end
+  if not batching then flush() end
   return tostring(fence)
 end
 
@@ -41,7 +46,8 @@ end
 -- blocked, finished (status), superseded, duplicate (first id, its result), idem_wait (first id).
 local function begin_one(hkey, ikey, handle, fence, res, id, max, waiting_msg, rec, now, gc, idem_wait, idem_ttl, fresh)
   if not fresh and claim_fence(handle) ~= fence then return {'superseded', '', ''} end
-  local status = redis.call('HGET', hkey, 'status')
+  local cur = redis.call('HMGET', hkey, 'status', 'seq', 'cancel_requested', 'created_at', 'attempts')
+  local status = cur[1]
   if status == 'completed' or status == 'failed' or status == 'cancelled' then
     drop_claim(handle, false)
     release(handle)
@@ -56,9 +62,11 @@ local function begin_one(hkey, ikey, handle, fence, res, id, max, waiting_msg, r
     redis.call('ZADD', WAITING, 0, '\0' .. string.format('%020d', order) .. '\0' .. handle)
     redis.call('HSET', CLAIMS, handle, '0|' .. now .. '|')
     redis.call('ZREM', LEASES, handle)
+    if batching then claim_view[handle] = '0' end
     return {'blocked', '', ''}
   end
-  if redis.call('ZREM', UNBEGUN, handle) == 1 then unblock() end
+  -- A task claimed and begun in this very call without a resource never entered the begin order.
+  if not (fresh and res == '') and redis.call('ZREM', UNBEGUN, handle) == 1 then unblock() end
   if ikey ~= hkey then
     local first = redis.call('HGET', ikey, 'id')
     if first and first ~= id then
@@ -82,14 +90,18 @@ local function begin_one(hkey, ikey, handle, fence, res, id, max, waiting_msg, r
       redis.call('ZADD', WAITING, 0, res .. '\0' .. string.format('%020d', order) .. '\0' .. handle)
       redis.call('HDEL', CLAIMS, handle)
       redis.call('ZREM', LEASES, handle)
+      if batching then claim_view[handle] = false end
       return {'parked', holder, ''}
     end
     redis.call('HSET', LOCKS, res, handle)
     redis.call('HSET', HELD, handle, res)
   end
-  local n = redis.call('HINCRBY', hkey, 'attempts', 1)
-  if n > tonumber(max) then return {'exhausted', tostring(n), ''} end
-  local r = record(hkey, patch(rec, n))
+  local n = (tonumber(cur[5]) or 0) + 1
+  if n > tonumber(max) then
+    redis.call('HSET', hkey, 'attempts', n)
+    return {'exhausted', tostring(n), ''}
+  end
+  local r = record(hkey, patch(rec, n), false, cur)
   return {'run', tostring(n), r[2]}
 end
 

@@ -12,6 +12,49 @@ local CLAIMS, LEASES, UNBEGUN, BODIES, ORIGIN = KEYS[1], KEYS[2], KEYS[3], KEYS[
 local LOCKS, HELD, WAITING, READY, DELAYED = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local DEAD, FENCE = KEYS[11], KEYS[12]
 
+-- Batched writes. A tick touches the shared hashes and sets above once or twice per task; with
+-- `batching` on, those writes are collected per phase and sent as one variadic command per key
+-- by `flush()` (each command costs Redis a call and an AOF record, whatever its size). Reads of
+-- the claims see the writes not sent yet through `claim_view` (false: dropped). Every phase of a
+-- tick ends with a flush, so no later phase reads what a pending write would change.
+local batching = false
+local pending, pending_order, claim_view, fence_base, fence_taken = {}, {}, {}, nil, 0
+
+-- op key [flag] a [b]: appends a (and b) to the pending `op key [flag]`, or runs it now when not
+-- batching.
+local function defer(op, key, flag, a, b)
+  if not batching then
+    if flag and b ~= nil then return redis.call(op, key, flag, a, b) end
+    if b ~= nil then return redis.call(op, key, a, b) end
+    return redis.call(op, key, a)
+  end
+  local id = op .. ' ' .. key
+  local d = pending[id]
+  if not d then
+    d = {op, key}
+    if flag then d[3] = flag end
+    pending[id] = d
+    pending_order[#pending_order + 1] = id
+  end
+  d[#d + 1] = a
+  if b ~= nil then d[#d + 1] = b end
+end
+
+-- The fence counter as this call sees it (the claims it made included).
+local function next_fence()
+  if not fence_base then fence_base = tonumber(redis.call('GET', FENCE) or '0') end
+  return fence_base + fence_taken
+end
+
+local function flush()
+  if fence_taken > 0 then
+    redis.call('INCRBY', FENCE, fence_taken)
+    fence_base, fence_taken = fence_base + fence_taken, 0
+  end
+  for _, id in ipairs(pending_order) do redis.call(unpack(pending[id])) end
+  pending, pending_order = {}, {}
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -19,6 +62,8 @@ end
 
 -- The fence of handle's live claim (a string), or nil.
 local function claim_fence(handle)
+  local v = claim_view[handle]
+  if v ~= nil then return v or nil end
   local c = redis.call('HGET', CLAIMS, handle)
   if not c then return nil end
   return string.match(c, '^(%d+)|')
@@ -37,8 +82,9 @@ end
 
 -- Drops handle's claim. `begun`: it began (then it is not in the begin order any more).
 local function drop_claim(handle, begun)
-  redis.call('HDEL', CLAIMS, handle)
-  redis.call('ZREM', LEASES, handle)
+  if batching then claim_view[handle] = false end
+  defer('HDEL', CLAIMS, nil, handle)
+  defer('ZREM', LEASES, nil, handle)
   if not begun and redis.call('ZREM', UNBEGUN, handle) == 1 then unblock() end
 end
 
@@ -62,8 +108,8 @@ local function older_pending(order, now, gc)
 end
 
 local function forget(handle)
-  redis.call('HDEL', BODIES, handle)
-  redis.call('HDEL', ORIGIN, handle)
+  defer('HDEL', BODIES, nil, handle)
+  defer('HDEL', ORIGIN, nil, handle)
 end
 
 -- Releases the lock handle holds, if any, and hands it to the resource's first waiter (claim
@@ -100,12 +146,21 @@ end
 -- Replaces the attempts placeholder (4294967295) in record arguments: the event (2), the message
 -- (17) and the attempts field (21) are where `progress::record_args` puts it (they carry no
 -- payload, so the number stands for nothing else).
+local PLACEHOLDER, PATCHED = '4294967295', {2, 17, 21}
 local function patch(a, attempts)
   local n = tostring(attempts)
-  for _, i in ipairs({2, 17, 21}) do
-    if a[i] then
-      local v = string.gsub(a[i], '4294967295', n)
-      a[i] = v
+  for _, i in ipairs(PATCHED) do
+    local s = a[i]
+    local at = s and string.find(s, PLACEHOLDER, 1, true)
+    if at then
+      local parts, from = {}, 1
+      while at do
+        parts[#parts + 1] = string.sub(s, from, at - 1)
+        from = at + #PLACEHOLDER
+        at = string.find(s, PLACEHOLDER, from, true)
+      end
+      parts[#parts + 1] = string.sub(s, from)
+      a[i] = table.concat(parts, n)
     end
   end
   return a

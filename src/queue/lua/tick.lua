@@ -30,6 +30,7 @@ local gc, idem_wait, idem_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(A
 local nlists, nfinish, nbegin, nhint = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local now = now_ms()
 local ai, ki = 12, 13 + nlists
+batching = true
 
 -- The n record arguments at ai (after their count), or nil when n is 0.
 local function take_record()
@@ -50,6 +51,7 @@ for f = 1, nfinish do
   local rec = take_record()
   finished[f] = guarded(finish_one, hkey, list, ikey, handle, fence, how, extra, body, state, rec)
 end
+flush()
 
 local begun = {}
 for b = 1, nbegin do
@@ -60,6 +62,7 @@ for b = 1, nbegin do
   local rec = take_record()
   begun[b] = guarded(begin_one, hkey, ikey, handle, fence, res, id, max, msg, rec, now, gc, idem_wait, idem_ttl, false)
 end
+flush()
 
 -- Hints by list, in the order the worker saw them at the pop end.
 local hints = {}
@@ -85,7 +88,9 @@ local function hint_for(list, body)
   return nil
 end
 
-local claimed = {}
+-- Claims first (their writes batched and sent before anything reads them), then the begins of
+-- the hinted ones, in claim order.
+local claimed, hinted = {}, {}
 local got = 0
 while got < want do
   local h = redis.call('LPOP', READY)
@@ -99,23 +104,29 @@ while got < want do
   end
 end
 for i = 13, 12 + nlists do
+  if got >= want then break end
   local list = KEYS[i]
-  while got < want do
-    local body = redis.call('RPOP', list)
-    if not body then break end
+  local bodies = redis.call('RPOP', list, want - got)
+  for _, body in ipairs(bodies or {}) do
     local handle = adopt(list, body)
     local hint = hint_for(list, body)
     if hint then
       local fence = claim_one(handle, worker, lease, now, hint.res ~= '')
-      claimed[#claimed + 1] = {handle, fence, list, hint.index, '',
-        guarded(begin_one, hint.hkey, hint.ikey, handle, fence, hint.res, hint.id, hint.max, hint.msg,
-          hint.rec, now, gc, idem_wait, idem_ttl, true)}
+      claimed[#claimed + 1] = {handle, fence, list, hint.index, ''}
+      hinted[#hinted + 1] = {#claimed, hint}
     else
       claimed[#claimed + 1] = {handle, claim_one(handle, worker, lease, now, true), list, 0, body}
     end
     got = got + 1
   end
 end
+flush()
+for _, e in ipairs(hinted) do
+  local c, hint = claimed[e[1]], e[2]
+  c[6] = guarded(begin_one, hint.hkey, hint.ikey, c[1], c[2], hint.res, hint.id, hint.max, hint.msg,
+    hint.rec, now, gc, idem_wait, idem_ttl, true)
+end
+flush()
 
 local peeked = {}
 local left = peek
