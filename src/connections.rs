@@ -53,12 +53,22 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, ConnectionError> {
     Ok(pool)
 }
 
-/// A client for dedicated connections (blocking calls, pub/sub).
+/// A client for dedicated connections (blocking calls, pub/sub) and the worker's hot path, with
+/// `TCP_NODELAY` (the client crate leaves Nagle's algorithm on): a command written while an earlier
+/// one on the same connection is unacknowledged (the exchange loop pipelines two calls) is sent at
+/// once rather than held back until the ACK.
 pub fn client(url: &str) -> Result<redis::Client, ConnectionError> {
-    redis::Client::open(url).map_err(|e| ConnectionError::BadUrl {
+    use redis::IntoConnectionInfo;
+    use redis::io::tcp::TcpSettings;
+    let bad = |e: redis::RedisError| ConnectionError::BadUrl {
         url: redact(url),
         message: e.to_string(),
-    })
+    };
+    let info = url
+        .into_connection_info()
+        .map_err(bad)?
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    redis::Client::open(info).map_err(bad)
 }
 
 /// A dedicated connection without a response timeout, for blocking commands that carry their own.

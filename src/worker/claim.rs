@@ -99,6 +99,9 @@ struct Exchange {
     finishes: Vec<Outcome>,
     /// The last claim found fewer tasks than it wanted: claim again only when woken.
     short: bool,
+    /// The listener handed over a body since the last call: the next call is an idle pickup,
+    /// sent without a peek (see [`Worker::batch`]).
+    woken: bool,
     wanting: watch::Sender<Wanting>,
 }
 
@@ -140,6 +143,7 @@ impl Worker {
             flying: Vec::new(),
             finishes: Vec::new(),
             short: false,
+            woken: false,
             wanting,
         };
         let mut backoff = Backoff::new();
@@ -154,6 +158,7 @@ impl Worker {
             while let Ok((list, body)) = wakes.try_recv() {
                 self.hint(&mut ex, list, body);
                 ex.short = false;
+                ex.woken = true;
             }
             if shutdown.is_triggered() && drain.is_none() {
                 drain = Some(self.start_drain(&ex));
@@ -239,6 +244,7 @@ impl Worker {
                     if let Some((list, body)) = wake {
                         self.hint(&mut ex, list, body);
                         ex.short = false;
+                        ex.woken = true;
                     }
                 }
                 permit = ex.slots.clone().acquire_owned(), if free => drop(permit),
@@ -294,8 +300,12 @@ impl Worker {
     /// the ones it will claim) and a peek for the calls after it.
     fn batch(&self, ex: &mut Exchange, permits: Vec<OwnedSemaphorePermit>) -> Batch {
         let want = permits.len();
-        // Enough bodies for the slots the next calls may fill (prepared ones are kept).
-        let peek = if ex.short || want == 0 {
+        // Enough bodies for the slots the next calls may fill (prepared ones are kept). Not for
+        // an idle pickup: Redis sends the task's first event only once the whole call has run, so
+        // the peek would delay it (~30 µs of a cold Redis), and a worker that was idle finds the
+        // lists empty after the woken task: the claim coming up short says so without a peek.
+        let woken = std::mem::take(&mut ex.woken);
+        let peek = if ex.short || want == 0 || woken {
             0
         } else {
             PIPELINE
