@@ -15,12 +15,6 @@ use orchestrator::templates::Kind;
 use orchestrator::watch::{self, Target};
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of the system allocator: a task's way through the worker allocates many small,
-/// short-lived buffers (bodies, record arguments, replies), and glibc's malloc was about 30 % of
-/// the worker's CPU in the queue benchmark.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "orchestrator",
